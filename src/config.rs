@@ -1,0 +1,190 @@
+//! Node configuration: command-line flags, `DISTRO_REGISTRY_*` environment
+//! variables and an optional TOML file (`--config`), in that order of
+//! precedence, over the defaults.
+//!
+//! Every setting is declared once in `settings!`, which generates the clap
+//! flags, the TOML file's shape and the resolved `Config`.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use clap::Parser;
+use serde::Deserialize;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("bad config file {path}: {source}")]
+    Parse {
+        path: PathBuf,
+        source: toml::de::Error,
+    },
+    #[error("invalid setting: {0}")]
+    Invalid(String),
+}
+
+macro_rules! settings {
+    ($( $(#[doc = $doc:literal])* $name:ident : $ty:ty = $default:expr ),* $(,)?) => {
+        /// Command-line flags; every one also reads `DISTRO_REGISTRY_<NAME>`.
+        #[derive(Parser, Debug, Default)]
+        #[command(name = "distro-registry", version, about = "A Nacos 1.x naming-compatible registry node, thread-per-core on io_uring")]
+        pub struct Cli {
+            /// TOML file with any of the settings below (kebab-case keys).
+            #[arg(long, env = "DISTRO_REGISTRY_CONFIG")]
+            pub config: Option<PathBuf>,
+            $(
+                $(#[doc = $doc])*
+                #[arg(long)]
+                pub $name: Option<$ty>,
+            )*
+        }
+
+        /// The optional TOML file.
+        #[derive(Deserialize, Debug, Default)]
+        #[serde(deny_unknown_fields, rename_all = "kebab-case")]
+        pub struct FileConfig {
+            $( pub $name: Option<$ty>, )*
+        }
+
+        /// Resolved settings.
+        #[derive(Debug, Clone)]
+        pub struct Config {
+            $( $(#[doc = $doc])* pub $name: $ty, )*
+        }
+
+        impl Default for Config {
+            fn default() -> Self {
+                Config { $( $name: $default, )* }
+            }
+        }
+
+        impl Config {
+            fn merge(cli: Cli, file: FileConfig) -> Result<Config, ConfigError> {
+                let d = Config::default();
+                Ok(Config {
+                    $( $name: match cli.$name {
+                        Some(v) => v,
+                        None => match env_value(stringify!($name))? {
+                            Some(v) => v,
+                            None => file.$name.unwrap_or(d.$name),
+                        },
+                    }, )*
+                })
+            }
+        }
+    };
+}
+
+/// Reads `DISTRO_REGISTRY_<NAME>` and parses it like the flag would.
+fn env_value<T: std::str::FromStr>(name: &str) -> Result<Option<T>, ConfigError> {
+    let var = format!("DISTRO_REGISTRY_{}", name.to_ascii_uppercase());
+    match std::env::var(&var) {
+        Ok(v) if !v.trim().is_empty() => v
+            .trim()
+            .parse::<T>()
+            .map(Some)
+            .map_err(|_| ConfigError::Invalid(format!("{var}={v}"))),
+        _ => Ok(None),
+    }
+}
+
+fn default_cores() -> usize {
+    std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1)
+}
+
+settings! {
+    /// Address to listen on (TCP for HTTP; UDP pushes leave from its IP).
+    bind: SocketAddr = SocketAddr::from(([127, 0, 0, 1], 8848)),
+    /// Shards, one per core (default: all cores).
+    cores: usize = default_cores(),
+    /// Log filter (tracing `EnvFilter` syntax), e.g. `info` or `debug`.
+    log_level: String = "info".to_string(),
+    /// Beat interval told to clients, ms.
+    beat_interval_ms: u64 = 5_000,
+    /// No beat for this long makes an ephemeral instance unhealthy, ms.
+    unhealthy_timeout_ms: u64 = 15_000,
+    /// No beat for this long deletes an ephemeral instance, ms.
+    delete_timeout_ms: u64 = 30_000,
+    /// Resolution of the expiry timing wheel, ms.
+    expiry_tick_ms: u64 = 100,
+    /// Changes to a service are coalesced this long before a UDP push, ms.
+    push_delay_ms: u64 = 200,
+    /// A push not acknowledged within this is sent once more, ms.
+    push_ack_timeout_ms: u64 = 10_000,
+    /// A push subscriber lives this long after its last list query, ms.
+    subscriber_ttl_ms: u64 = 10_000,
+    /// Subscribers kept per service; past it the oldest is replaced.
+    subscribers_per_service_max: usize = 4_096,
+    /// Open client connections for the whole node; past it: 503 and close.
+    max_connections: usize = 10_000,
+    /// Request line plus headers, bytes; past it: 431.
+    header_bytes_max: usize = 8 * 1024,
+    /// Request body, bytes; past it: 413.
+    body_bytes_max: usize = 1024 * 1024,
+    /// A connection with no request for this long is closed, ms.
+    idle_timeout_ms: u64 = 60_000,
+    /// Messages waiting in one shard's inbox; past it: 503.
+    inbox_capacity: usize = 4_096,
+    /// On SIGTERM/SIGINT, in-flight requests get this long to finish, ms.
+    shutdown_grace_ms: u64 = 5_000,
+}
+
+impl Config {
+    /// Parses flags and environment, reads the TOML file if one is named.
+    pub fn load() -> Result<Config, ConfigError> {
+        Self::from_cli(Cli::parse())
+    }
+
+    pub fn from_cli(cli: Cli) -> Result<Config, ConfigError> {
+        let file = match &cli.config {
+            Some(path) => {
+                let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+                    path: path.clone(),
+                    source,
+                })?;
+                toml::from_str(&text).map_err(|source| ConfigError::Parse {
+                    path: path.clone(),
+                    source,
+                })?
+            }
+            None => FileConfig::default(),
+        };
+        let c = Config::merge(cli, file)?;
+        c.validate()?;
+        Ok(c)
+    }
+
+    fn validate(&self) -> Result<(), ConfigError> {
+        let positive = [
+            ("cores", self.cores as u64),
+            ("beat-interval-ms", self.beat_interval_ms),
+            ("unhealthy-timeout-ms", self.unhealthy_timeout_ms),
+            ("delete-timeout-ms", self.delete_timeout_ms),
+            ("expiry-tick-ms", self.expiry_tick_ms),
+            ("push-delay-ms", self.push_delay_ms),
+            ("push-ack-timeout-ms", self.push_ack_timeout_ms),
+            ("subscriber-ttl-ms", self.subscriber_ttl_ms),
+            (
+                "subscribers-per-service-max",
+                self.subscribers_per_service_max as u64,
+            ),
+            ("max-connections", self.max_connections as u64),
+            ("header-bytes-max", self.header_bytes_max as u64),
+            ("body-bytes-max", self.body_bytes_max as u64),
+            ("idle-timeout-ms", self.idle_timeout_ms),
+            ("inbox-capacity", self.inbox_capacity as u64),
+        ];
+        for (name, v) in positive {
+            if v == 0 {
+                return Err(ConfigError::Invalid(format!("--{name} must be positive")));
+            }
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,13 @@
+//! distro-registry: a Nacos 1.x naming-compatible registry node, built
+//! thread-per-core on io_uring. See `docs/design.md` for who owns what.
+
+pub mod api;
+pub mod config;
+pub mod distro;
+pub mod http;
+pub mod metrics;
+pub mod push;
+pub mod reply;
+pub mod server;
+pub mod shard;
+pub mod store;

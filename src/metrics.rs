@@ -1,0 +1,204 @@
+//! Counters for `/metrics` (Prometheus text format) and the operator view.
+//!
+//! Each shard writes only its own `ShardStats` (relaxed atomics, no
+//! contention); any shard may read all of them to render the page.
+
+use std::fmt::Write;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+
+use crate::api::Endpoint;
+
+/// Status codes counted separately; anything else counts as `other`.
+pub const CODES: [u16; 12] = [200, 400, 403, 404, 405, 408, 411, 413, 431, 500, 503, 0];
+
+/// Upper bounds of the latency histogram buckets, microseconds.
+pub const LATENCY_BUCKETS_US: [u64; 14] = [
+    25, 50, 100, 250, 500, 1_000, 2_500, 5_000, 10_000, 25_000, 50_000, 100_000, 250_000, 1_000_000,
+];
+
+const ENDPOINTS: usize = Endpoint::ALL.len();
+
+/// Picks one counter out of a shard's stats.
+type Field = fn(&ShardStats) -> &AtomicU64;
+
+/// One shard's counters.
+pub struct ShardStats {
+    pub services: AtomicU64,
+    pub instances: AtomicU64,
+    /// Live push subscribers.
+    pub subscribers: AtomicU64,
+    pub pushes_sent: AtomicU64,
+    pub push_acks: AtomicU64,
+    pub push_retries: AtomicU64,
+    /// Requests this shard handed to another shard.
+    pub cross_core_sent: AtomicU64,
+    /// Requests refused because the target inbox was full.
+    pub inbox_full: AtomicU64,
+    /// Expiry timers armed.
+    pub timers_armed: AtomicU64,
+    /// `[endpoint][code]`.
+    requests: Vec<AtomicU64>,
+    /// `[endpoint][bucket]`, non-cumulative; the last is +Inf.
+    latency: Vec<AtomicU64>,
+    latency_sum_us: Vec<AtomicU64>,
+}
+
+fn zeros(n: usize) -> Vec<AtomicU64> {
+    (0..n).map(|_| AtomicU64::new(0)).collect()
+}
+
+impl Default for ShardStats {
+    fn default() -> Self {
+        ShardStats {
+            services: AtomicU64::new(0),
+            instances: AtomicU64::new(0),
+            subscribers: AtomicU64::new(0),
+            pushes_sent: AtomicU64::new(0),
+            push_acks: AtomicU64::new(0),
+            push_retries: AtomicU64::new(0),
+            cross_core_sent: AtomicU64::new(0),
+            inbox_full: AtomicU64::new(0),
+            timers_armed: AtomicU64::new(0),
+            requests: zeros(ENDPOINTS * CODES.len()),
+            latency: zeros(ENDPOINTS * (LATENCY_BUCKETS_US.len() + 1)),
+            latency_sum_us: zeros(ENDPOINTS),
+        }
+    }
+}
+
+impl ShardStats {
+    pub fn record(&self, endpoint: Endpoint, status: u16, micros: u64) {
+        let e = endpoint.index();
+        let code = CODES
+            .iter()
+            .position(|c| *c == status)
+            .unwrap_or(CODES.len() - 1);
+        self.requests[e * CODES.len() + code].fetch_add(1, Relaxed);
+        let bucket = LATENCY_BUCKETS_US
+            .iter()
+            .position(|b| micros <= *b)
+            .unwrap_or(LATENCY_BUCKETS_US.len());
+        self.latency[e * (LATENCY_BUCKETS_US.len() + 1) + bucket].fetch_add(1, Relaxed);
+        self.latency_sum_us[e].fetch_add(micros, Relaxed);
+    }
+}
+
+/// Renders the Prometheus page. `inbox_depth[i]` is shard i's queue length.
+pub fn render(shards: &[ShardStats], inbox_depth: &[usize], open_connections: usize) -> String {
+    let mut o = String::with_capacity(16 * 1024);
+    let sum = |f: Field| -> u64 { shards.iter().map(|s| f(s).load(Relaxed)).sum() };
+    let _ = writeln!(
+        o,
+        "# HELP registry_instances Instances registered on this node."
+    );
+    let _ = writeln!(o, "# TYPE registry_instances gauge");
+    let _ = writeln!(o, "registry_instances {}", sum(|s| &s.instances));
+    let _ = writeln!(o, "# HELP registry_services Services known to this node.");
+    let _ = writeln!(o, "# TYPE registry_services gauge");
+    let _ = writeln!(o, "registry_services {}", sum(|s| &s.services));
+    let _ = writeln!(o, "# TYPE registry_open_connections gauge");
+    let _ = writeln!(o, "registry_open_connections {open_connections}");
+    let counters: [(&str, Field); 5] = [
+        ("registry_push_sent_total", |s| &s.pushes_sent),
+        ("registry_push_acks_total", |s| &s.push_acks),
+        ("registry_push_retries_total", |s| &s.push_retries),
+        ("registry_cross_core_requests_total", |s| &s.cross_core_sent),
+        ("registry_inbox_full_total", |s| &s.inbox_full),
+    ];
+    for (name, f) in counters {
+        let _ = writeln!(o, "# TYPE {name} counter");
+        let _ = writeln!(o, "{name} {}", sum(f));
+    }
+    let _ = writeln!(
+        o,
+        "# HELP registry_requests_total Requests answered, by endpoint and status."
+    );
+    let _ = writeln!(o, "# TYPE registry_requests_total counter");
+    for e in Endpoint::ALL {
+        for (ci, code) in CODES.iter().enumerate() {
+            let n: u64 = shards
+                .iter()
+                .map(|s| s.requests[e.index() * CODES.len() + ci].load(Relaxed))
+                .sum();
+            if n > 0 {
+                let code = if *code == 0 {
+                    "other".to_string()
+                } else {
+                    code.to_string()
+                };
+                let _ = writeln!(
+                    o,
+                    "registry_requests_total{{endpoint=\"{}\",code=\"{code}\"}} {n}",
+                    e.name()
+                );
+            }
+        }
+    }
+    let _ = writeln!(
+        o,
+        "# HELP registry_request_duration_seconds Time from a request's parse to its reply."
+    );
+    let _ = writeln!(o, "# TYPE registry_request_duration_seconds histogram");
+    let width = LATENCY_BUCKETS_US.len() + 1;
+    for e in Endpoint::ALL {
+        let counts: Vec<u64> = (0..width)
+            .map(|b| {
+                shards
+                    .iter()
+                    .map(|s| s.latency[e.index() * width + b].load(Relaxed))
+                    .sum()
+            })
+            .collect();
+        let total: u64 = counts.iter().sum();
+        if total == 0 {
+            continue;
+        }
+        let mut acc = 0;
+        for (b, le) in LATENCY_BUCKETS_US.iter().enumerate() {
+            acc += counts[b];
+            let _ = writeln!(
+                o,
+                "registry_request_duration_seconds_bucket{{endpoint=\"{}\",le=\"{}\"}} {acc}",
+                e.name(),
+                *le as f64 / 1e6
+            );
+        }
+        let _ = writeln!(
+            o,
+            "registry_request_duration_seconds_bucket{{endpoint=\"{}\",le=\"+Inf\"}} {total}",
+            e.name()
+        );
+        let sum_us: u64 = shards
+            .iter()
+            .map(|s| s.latency_sum_us[e.index()].load(Relaxed))
+            .sum();
+        let _ = writeln!(
+            o,
+            "registry_request_duration_seconds_sum{{endpoint=\"{}\"}} {}",
+            e.name(),
+            sum_us as f64 / 1e6
+        );
+        let _ = writeln!(
+            o,
+            "registry_request_duration_seconds_count{{endpoint=\"{}\"}} {total}",
+            e.name()
+        );
+    }
+    let per_shard: [(&str, Field); 4] = [
+        ("registry_shard_services", |s| &s.services),
+        ("registry_shard_instances", |s| &s.instances),
+        ("registry_shard_subscribers", |s| &s.subscribers),
+        ("registry_shard_timers_armed", |s| &s.timers_armed),
+    ];
+    for (name, f) in per_shard {
+        let _ = writeln!(o, "# TYPE {name} gauge");
+        for (i, s) in shards.iter().enumerate() {
+            let _ = writeln!(o, "{name}{{shard=\"{i}\"}} {}", f(s).load(Relaxed));
+        }
+    }
+    let _ = writeln!(o, "# TYPE registry_shard_inbox_depth gauge");
+    for (i, d) in inbox_depth.iter().enumerate() {
+        let _ = writeln!(o, "registry_shard_inbox_depth{{shard=\"{i}\"}} {d}");
+    }
+    o
+}

@@ -1,0 +1,120 @@
+//! The process: one `SO_REUSEPORT` listener and one thread per shard,
+//! signal handling, and the wait for every shard to stop.
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
+
+use socket2::{Domain, Protocol, Socket, Type};
+
+use crate::api::NodeInfo;
+use crate::config::Config;
+use crate::metrics::ShardStats;
+use crate::shard::inbox::Inbox;
+use crate::shard::{self, Shared};
+
+/// Pending connections the kernel queues per listener.
+const LISTEN_BACKLOG: i32 = 1024;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ServerError {
+    #[error("cannot listen on {addr}: {source}")]
+    Listen {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("cannot install signal handlers: {0}")]
+    Signals(std::io::Error),
+    #[error("cannot start shard thread: {0}")]
+    Thread(std::io::Error),
+}
+
+fn listener(addr: SocketAddr) -> std::io::Result<std::net::TcpListener> {
+    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
+    socket.set_reuse_address(true)?;
+    socket.set_reuse_port(true)?;
+    socket.set_nonblocking(true)?;
+    socket.bind(&addr.into())?;
+    socket.listen(LISTEN_BACKLOG)?;
+    Ok(socket.into())
+}
+
+/// One listener per shard on the same address; a port of 0 is resolved by
+/// the first and shared by the rest.
+fn listeners(
+    bind: SocketAddr,
+    n: usize,
+) -> Result<(SocketAddr, Vec<std::net::TcpListener>), ServerError> {
+    let err = |source| ServerError::Listen { addr: bind, source };
+    let first = listener(bind).map_err(err)?;
+    let addr = first.local_addr().map_err(err)?;
+    let mut all = vec![first];
+    for _ in 1..n {
+        all.push(listener(addr).map_err(err)?);
+    }
+    Ok((addr, all))
+}
+
+/// Runs the node until SIGTERM or SIGINT, then stops accepting, lets
+/// in-flight requests finish, and returns.
+pub fn run(config: Config) -> Result<(), ServerError> {
+    let cores = config.cores;
+    let (addr, listeners) = listeners(config.bind, cores)?;
+    let mut inboxes = Vec::with_capacity(cores);
+    let mut receivers = Vec::with_capacity(cores);
+    for _ in 0..cores {
+        let (tx, rx) = Inbox::bounded(config.inbox_capacity);
+        inboxes.push(tx);
+        receivers.push(rx);
+    }
+    let node = NodeInfo {
+        advertise: addr,
+        beat_interval_ms: config.beat_interval_ms,
+    };
+    let shared = Arc::new(Shared {
+        config,
+        node,
+        inboxes,
+        stats: (0..cores).map(|_| ShardStats::default()).collect(),
+        open_connections: AtomicUsize::new(0),
+        shutdown: AtomicBool::new(false),
+    });
+    watch_signals(shared.clone())?;
+    let mut threads = Vec::with_capacity(cores);
+    for (id, (rx, l)) in receivers.into_iter().zip(listeners).enumerate() {
+        let shared = shared.clone();
+        let t = std::thread::Builder::new()
+            .name(format!("shard-{id}"))
+            .spawn(move || shard::run(id, shared, rx, l))
+            .map_err(ServerError::Thread)?;
+        threads.push(t);
+    }
+    tracing::info!(%addr, cores, "listening on {addr}");
+    for t in threads {
+        if t.join().is_err() {
+            tracing::error!("a shard thread panicked");
+        }
+    }
+    tracing::info!("stopped");
+    Ok(())
+}
+
+/// SIGTERM / SIGINT set the shutdown flag; each shard's tick notices it.
+fn watch_signals(shared: Arc<Shared>) -> Result<(), ServerError> {
+    use signal_hook::consts::{SIGINT, SIGTERM};
+    let mut signals =
+        signal_hook::iterator::Signals::new([SIGTERM, SIGINT]).map_err(ServerError::Signals)?;
+    std::thread::Builder::new()
+        .name("signals".into())
+        .spawn(move || {
+            if let Some(sig) = signals.forever().next() {
+                tracing::info!(
+                    signal = sig,
+                    "shutting down: no new connections, finishing in-flight requests"
+                );
+                shared.shutdown.store(true, Ordering::Relaxed);
+            }
+        })
+        .map_err(ServerError::Signals)?;
+    Ok(())
+}

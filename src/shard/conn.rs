@@ -1,0 +1,257 @@
+//! Accepting connections and serving one: read, frame, dispatch (locally
+//! or to the owning shard), write. Pipelined requests are answered in
+//! order, with one write per batch.
+
+use std::net::SocketAddr;
+use std::rc::Rc;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use futures_channel::oneshot;
+use monoio::buf::IoBufMut;
+use monoio::io::{AsyncReadRent, AsyncWriteRentExt, CancelHandle};
+use monoio::net::{TcpListener, TcpStream};
+
+use super::router::shard_of;
+use super::{now_ms, ShardCtx, ShardMsg};
+use crate::api::{self, Action, Endpoint};
+use crate::http::request::{self, Parsed};
+use crate::http::response;
+use crate::reply::Reply;
+
+/// Requests answered before the connection's output is flushed.
+const PIPELINE_DEPTH_MAX: usize = 128;
+/// Read buffer grows by at least this much before a read.
+const READ_CHUNK_BYTES: usize = 16 * 1024;
+
+pub async fn accept_loop(ctx: Rc<ShardCtx>, listener: TcpListener, cancel: CancelHandle) {
+    loop {
+        match listener.cancelable_accept(cancel.clone()).await {
+            Ok((stream, peer)) => {
+                let open = ctx.shared.open_connections.fetch_add(1, Ordering::Relaxed);
+                if open >= ctx.shared.config.max_connections {
+                    monoio::spawn(refuse(ctx.clone(), stream));
+                    continue;
+                }
+                let _ = stream.set_nodelay(true);
+                monoio::spawn(serve(ctx.clone(), stream, peer));
+            }
+            Err(e) => {
+                if ctx.shared.shutdown.load(Ordering::Relaxed) {
+                    return;
+                }
+                tracing::warn!(shard = ctx.id, error = %e, "accept failed");
+                monoio::time::sleep(Duration::from_millis(10)).await;
+            }
+        }
+    }
+}
+
+/// Over the connection cap: one 503 and close.
+async fn refuse(ctx: Rc<ShardCtx>, mut stream: TcpStream) {
+    let mut out = Vec::new();
+    let reply = Reply::text(503, "too many connections");
+    response::write(&mut out, &reply, false, false);
+    let _ = stream.write_all(out).await;
+    ctx.stats().record(Endpoint::Invalid, 503, 0);
+    ctx.shared.open_connections.fetch_sub(1, Ordering::Relaxed);
+}
+
+async fn serve(ctx: Rc<ShardCtx>, mut stream: TcpStream, peer: SocketAddr) {
+    serve_inner(&ctx, &mut stream, peer).await;
+    ctx.shared.open_connections.fetch_sub(1, Ordering::Relaxed);
+}
+
+async fn serve_inner(ctx: &Rc<ShardCtx>, stream: &mut TcpStream, peer: SocketAddr) {
+    let idle = Duration::from_millis(ctx.shared.config.idle_timeout_ms);
+    let mut buf: Vec<u8> = Vec::with_capacity(READ_CHUNK_BYTES);
+    let mut out: Vec<u8> = Vec::with_capacity(READ_CHUNK_BYTES);
+    loop {
+        let mut consumed = 0;
+        let mut close = false;
+        let mut answered = 0;
+        while answered < PIPELINE_DEPTH_MAX {
+            match request::parse(&buf[consumed..], ctx.limits) {
+                Parsed::Complete(req, used) => {
+                    consumed += used;
+                    answered += 1;
+                    let started = Instant::now();
+                    ctx.inflight.set(ctx.inflight.get() + 1);
+                    let endpoint = api::route(req.method, &req.path);
+                    let reply = dispatch(ctx, endpoint, &req, peer).await;
+                    let shutting_down = ctx.shared.shutdown.load(Ordering::Relaxed);
+                    let keep_alive = req.keep_alive && !shutting_down;
+                    let head = req.method == request::Method::Head;
+                    response::write(&mut out, &reply, keep_alive, head);
+                    ctx.inflight.set(ctx.inflight.get() - 1);
+                    ctx.stats().record(
+                        endpoint,
+                        reply.status,
+                        started.elapsed().as_micros() as u64,
+                    );
+                    if !keep_alive {
+                        close = true;
+                        break;
+                    }
+                }
+                Parsed::Partial => break,
+                Parsed::Error(status, msg) => {
+                    response::write(&mut out, &Reply::text(status, msg), false, false);
+                    ctx.stats().record(Endpoint::Invalid, status, 0);
+                    close = true;
+                    break;
+                }
+            }
+        }
+        buf.drain(..consumed);
+        if !out.is_empty() {
+            let (res, o) = stream.write_all(out).await;
+            out = o;
+            out.clear();
+            if res.is_err() {
+                return;
+            }
+        }
+        if close || ctx.shared.shutdown.load(Ordering::Relaxed) {
+            return;
+        }
+        if answered == PIPELINE_DEPTH_MAX {
+            continue; // more complete requests may already be buffered
+        }
+        let l = ctx.limits;
+        if buf.len() > l.header_bytes_max + 2 * l.body_bytes_max + READ_CHUNK_BYTES {
+            // Only a chunked body with very small chunks gets here.
+            let mut o = Vec::new();
+            response::write(&mut o, &Reply::text(413, "Payload Too Large"), false, false);
+            let _ = stream.write_all(o).await;
+            ctx.stats().record(Endpoint::Invalid, 413, 0);
+            return;
+        }
+        if buf.capacity() - buf.len() < READ_CHUNK_BYTES {
+            buf.reserve(READ_CHUNK_BYTES);
+        }
+        let len = buf.len();
+        let cap = buf.capacity();
+        let partial = len > 0;
+        match monoio::time::timeout(idle, stream.read(buf.slice_mut(len..cap))).await {
+            Ok((Ok(0), _)) | Ok((Err(_), _)) => return,
+            Ok((Ok(_), slice)) => buf = slice.into_inner(),
+            Err(_) => {
+                if partial {
+                    let mut o = Vec::new();
+                    response::write(&mut o, &Reply::text(408, "Request Timeout"), false, false);
+                    let _ = stream.write_all(o).await;
+                    ctx.stats().record(Endpoint::Invalid, 408, 0);
+                }
+                return;
+            }
+        }
+    }
+}
+
+async fn dispatch(
+    ctx: &Rc<ShardCtx>,
+    endpoint: Endpoint,
+    req: &request::Request,
+    peer: SocketAddr,
+) -> Reply {
+    match api::handle(endpoint, req, peer, &ctx.shared.node) {
+        Action::Reply(r) => r,
+        Action::Op(op, subscription) => {
+            let cores = ctx.shared.inboxes.len();
+            let target = shard_of(&op.service().full_key(), cores);
+            if target == ctx.id {
+                return ctx.execute(op, subscription, now_ms());
+            }
+            let (tx, rx) = oneshot::channel();
+            let msg = ShardMsg::Op {
+                op,
+                subscription,
+                reply: tx,
+            };
+            ask(ctx, target, msg, rx).await
+        }
+        Action::ServiceList {
+            namespace,
+            group,
+            page_no,
+            page_size,
+        } => {
+            let mut names = Vec::new();
+            for shard in 0..ctx.shared.inboxes.len() {
+                if shard == ctx.id {
+                    names.extend(ctx.state.borrow().store.service_names(&namespace, &group));
+                    continue;
+                }
+                let (tx, rx) = oneshot::channel();
+                let msg = ShardMsg::ServiceNames {
+                    namespace: namespace.clone(),
+                    group: group.clone(),
+                    reply: tx,
+                };
+                match ask(ctx, shard, msg, rx).await {
+                    Ok(part) => names.extend(part),
+                    Err(r) => return r,
+                }
+            }
+            names.sort_unstable();
+            let count = names.len();
+            let start = (page_no - 1).saturating_mul(page_size).min(count);
+            let end = start.saturating_add(page_size).min(count);
+            Reply::json_value(&serde_json::json!({"count": count, "doms": &names[start..end]}))
+        }
+        Action::OperatorMetrics => crate::api::operator::metrics(&ctx.shared),
+        Action::Metrics => {
+            let depths: Vec<usize> = ctx.shared.inboxes.iter().map(|i| i.depth()).collect();
+            let open = ctx.shared.open_connections.load(Ordering::Relaxed);
+            let mut r = Reply::text(
+                200,
+                crate::metrics::render(&ctx.shared.stats, &depths, open),
+            );
+            r.json = false;
+            r
+        }
+    }
+}
+
+/// Sends `msg` to shard `target` and waits for its answer.
+async fn ask<T, R: AskReply<T>>(
+    ctx: &Rc<ShardCtx>,
+    target: usize,
+    msg: ShardMsg,
+    rx: oneshot::Receiver<T>,
+) -> R {
+    ctx.stats().cross_core_sent.fetch_add(1, Ordering::Relaxed);
+    if ctx.shared.inboxes[target].send(msg).is_err() {
+        ctx.stats().inbox_full.fetch_add(1, Ordering::Relaxed);
+        return R::fail(Reply::text(503, "shard busy, retry"));
+    }
+    match rx.await {
+        Ok(v) => R::ok(v),
+        Err(_) => R::fail(Reply::text(500, "shard did not answer")),
+    }
+}
+
+/// Lets `ask` return either a bare `Reply` or a `Result<T, Reply>`.
+trait AskReply<T> {
+    fn ok(v: T) -> Self;
+    fn fail(r: Reply) -> Self;
+}
+
+impl AskReply<Reply> for Reply {
+    fn ok(v: Reply) -> Self {
+        v
+    }
+    fn fail(r: Reply) -> Self {
+        r
+    }
+}
+
+impl<T> AskReply<T> for Result<T, Reply> {
+    fn ok(v: T) -> Self {
+        Ok(v)
+    }
+    fn fail(r: Reply) -> Self {
+        Err(r)
+    }
+}

@@ -1,0 +1,352 @@
+//! One shard per core: a single-threaded monoio runtime pinned to its core
+//! that owns, exclusively, its slice of the registry (`Store`), its expiry
+//! timers and its push subscribers. Other shards reach that state only by
+//! sending a message to its inbox.
+
+pub mod conn;
+pub mod inbox;
+pub mod router;
+
+use std::cell::{Cell, RefCell};
+use std::net::SocketAddr;
+use std::rc::Rc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use crossbeam_channel::Receiver;
+use futures_channel::oneshot;
+use monoio::net::udp::UdpSocket;
+
+use crate::api::{NodeInfo, Subscription};
+use crate::config::Config;
+use crate::http::request::Limits;
+use crate::metrics::ShardStats;
+use crate::push::state::{PushConfig, PushState};
+use crate::reply::Reply;
+use crate::store::instance::Timeouts;
+use crate::store::service::ListVariant;
+use crate::store::{Op, Store};
+use inbox::Inbox;
+
+/// Longest pause of a shard's housekeeping tick (expiry, pushes, shutdown).
+const TICK_MS_MAX: u64 = 100;
+/// Largest datagram accepted on the push socket (acks are small).
+const UDP_RECV_BYTES: usize = 64 * 1024;
+
+/// Wall-clock milliseconds since the epoch: the only clock the shards read.
+pub fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+/// A message between shards.
+pub enum ShardMsg {
+    /// Apply a command to a service this shard owns and answer.
+    Op {
+        op: Op,
+        subscription: Option<Subscription>,
+        reply: oneshot::Sender<Reply>,
+    },
+    /// Names of the services of a namespace and group on this shard.
+    ServiceNames {
+        namespace: String,
+        group: String,
+        reply: oneshot::Sender<Vec<String>>,
+    },
+}
+
+/// State shared by every shard of the node. Only atomics and the inboxes'
+/// sending halves; no registry data.
+pub struct Shared {
+    pub config: Config,
+    pub node: NodeInfo,
+    pub inboxes: Vec<Inbox<ShardMsg>>,
+    pub stats: Vec<ShardStats>,
+    pub open_connections: AtomicUsize,
+    pub shutdown: AtomicBool,
+}
+
+/// What one shard owns.
+pub struct ShardState {
+    pub store: Store,
+    pub push: PushState,
+}
+
+/// A shard's context, shared by the tasks of its runtime (`Rc`: never
+/// leaves the thread).
+pub struct ShardCtx {
+    pub id: usize,
+    pub shared: Arc<Shared>,
+    pub state: RefCell<ShardState>,
+    /// Requests being handled right now (for graceful shutdown).
+    pub inflight: Cell<usize>,
+    pub limits: Limits,
+}
+
+impl ShardCtx {
+    pub fn stats(&self) -> &ShardStats {
+        &self.shared.stats[self.id]
+    }
+
+    /// Applies a command on this shard. Never awaits, so the `RefCell`
+    /// borrow cannot span a suspension.
+    pub fn execute(&self, op: Op, subscription: Option<Subscription>, now_ms: u64) -> Reply {
+        let mut st = self.state.borrow_mut();
+        let key = op.service().full_key();
+        if let Some(sub) = subscription {
+            st.push.subscribe(op.service(), sub, now_ms);
+        }
+        let applied = st.store.apply(op, now_ms);
+        if applied.changed {
+            st.push.changed(&key, now_ms);
+        }
+        self.publish_counts(&st);
+        applied.reply
+    }
+
+    fn publish_counts(&self, st: &ShardState) {
+        let c = st.store.counts();
+        let s = self.stats();
+        s.services.store(c.services as u64, Ordering::Relaxed);
+        s.instances.store(c.instances as u64, Ordering::Relaxed);
+        s.timers_armed
+            .store(st.store.timers_armed() as u64, Ordering::Relaxed);
+        s.subscribers
+            .store(st.push.subscriber_count() as u64, Ordering::Relaxed);
+    }
+
+    fn handle_msg(&self, msg: ShardMsg) {
+        match msg {
+            ShardMsg::Op {
+                op,
+                subscription,
+                reply,
+            } => {
+                let r = self.execute(op, subscription, now_ms());
+                // The asking side may have gone (connection closed): fine.
+                let _ = reply.send(r);
+            }
+            ShardMsg::ServiceNames {
+                namespace,
+                group,
+                reply,
+            } => {
+                let names = self.state.borrow().store.service_names(&namespace, &group);
+                let _ = reply.send(names);
+            }
+        }
+    }
+}
+
+/// Runs shard `id` on the current thread until shutdown.
+pub fn run(
+    id: usize,
+    shared: Arc<Shared>,
+    rx: Receiver<ShardMsg>,
+    listener: std::net::TcpListener,
+) {
+    let cpus = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1);
+    if let Err(e) = monoio::utils::bind_to_cpu_set([id % cpus]) {
+        tracing::warn!(shard = id, error = %e, "could not pin shard to its core");
+    }
+    let fut = shard_main(id, shared, rx, listener);
+    let force_legacy = std::env::var_os("MONOIO_FORCE_LEGACY_DRIVER").is_some();
+    if !force_legacy {
+        let mut flags = io_uring::IoUring::builder();
+        flags.setup_coop_taskrun().setup_single_issuer();
+        match monoio::RuntimeBuilder::<monoio::IoUringDriver>::new()
+            .enable_timer()
+            .uring_builder(flags)
+            .build()
+        {
+            Ok(mut rt) => {
+                tracing::info!(
+                    shard = id,
+                    driver = "io_uring (COOP_TASKRUN, SINGLE_ISSUER)",
+                    "shard started"
+                );
+                return rt.block_on(fut);
+            }
+            Err(e) => {
+                tracing::warn!(shard = id, error = %e, "io_uring with flags refused, retrying without")
+            }
+        }
+        match monoio::RuntimeBuilder::<monoio::IoUringDriver>::new()
+            .enable_timer()
+            .build()
+        {
+            Ok(mut rt) => {
+                tracing::info!(shard = id, driver = "io_uring", "shard started");
+                return rt.block_on(fut);
+            }
+            Err(e) => {
+                tracing::warn!(shard = id, error = %e, "io_uring unavailable, falling back to epoll")
+            }
+        }
+    }
+    match monoio::RuntimeBuilder::<monoio::LegacyDriver>::new()
+        .enable_timer()
+        .build()
+    {
+        Ok(mut rt) => {
+            tracing::info!(shard = id, driver = "epoll (legacy)", "shard started");
+            rt.block_on(fut)
+        }
+        Err(e) => {
+            tracing::error!(shard = id, error = %e, "no runtime could start");
+            shared_shutdown_on_failure();
+        }
+    }
+}
+
+fn shared_shutdown_on_failure() {
+    std::process::exit(1);
+}
+
+async fn shard_main(
+    id: usize,
+    shared: Arc<Shared>,
+    rx: Receiver<ShardMsg>,
+    listener: std::net::TcpListener,
+) {
+    let c = &shared.config;
+    let now = now_ms();
+    let defaults = Timeouts {
+        beat_interval_ms: c.beat_interval_ms,
+        unhealthy_timeout_ms: c.unhealthy_timeout_ms,
+        delete_timeout_ms: c.delete_timeout_ms,
+    };
+    let push = PushConfig {
+        delay_ms: c.push_delay_ms,
+        ack_timeout_ms: c.push_ack_timeout_ms,
+        subscriber_ttl_ms: c.subscriber_ttl_ms,
+        subscribers_per_service_max: c.subscribers_per_service_max,
+    };
+    let ctx = Rc::new(ShardCtx {
+        id,
+        limits: Limits {
+            header_bytes_max: c.header_bytes_max,
+            body_bytes_max: c.body_bytes_max,
+        },
+        state: RefCell::new(ShardState {
+            store: Store::new(defaults, c.expiry_tick_ms, now),
+            push: PushState::new(push),
+        }),
+        inflight: Cell::new(0),
+        shared: shared.clone(),
+    });
+    let listener = match monoio::net::TcpListener::from_std(listener) {
+        Ok(l) => l,
+        Err(e) => {
+            tracing::error!(shard = id, error = %e, "cannot adopt listener");
+            std::process::exit(1);
+        }
+    };
+    let udp = match UdpSocket::bind(SocketAddr::new(c.bind.ip(), 0)) {
+        Ok(u) => Rc::new(u),
+        Err(e) => {
+            tracing::error!(shard = id, error = %e, "cannot bind the UDP push socket");
+            std::process::exit(1);
+        }
+    };
+    monoio::spawn(inbox_loop(ctx.clone(), rx));
+    monoio::spawn(udp_recv_loop(ctx.clone(), udp.clone()));
+    let canceller = monoio::io::Canceller::new();
+    let handle = canceller.handle();
+    monoio::spawn(tick_loop(ctx.clone(), udp, canceller));
+    conn::accept_loop(ctx.clone(), listener, handle).await;
+    // Stop accepting happened above; let in-flight requests finish.
+    let deadline = std::time::Instant::now() + Duration::from_millis(c.shutdown_grace_ms);
+    while ctx.inflight.get() > 0 && std::time::Instant::now() < deadline {
+        monoio::time::sleep(Duration::from_millis(5)).await;
+    }
+    tracing::info!(shard = id, unfinished = ctx.inflight.get(), "shard stopped");
+}
+
+async fn inbox_loop(ctx: Rc<ShardCtx>, rx: Receiver<ShardMsg>) {
+    let inbox = &ctx.shared.inboxes[ctx.id];
+    loop {
+        inbox.ready(&rx).await;
+        // Drain everything queued in this one wake-up (at most
+        // `inbox_capacity` messages).
+        while let Ok(msg) = rx.try_recv() {
+            ctx.handle_msg(msg);
+        }
+    }
+}
+
+async fn udp_recv_loop(ctx: Rc<ShardCtx>, udp: Rc<UdpSocket>) {
+    let mut buf = vec![0u8; UDP_RECV_BYTES];
+    loop {
+        let (res, b) = udp.recv_from(buf).await;
+        buf = b;
+        match res {
+            Ok((n, from)) => {
+                if ctx.state.borrow_mut().push.ack(from, &buf[..n]) {
+                    ctx.stats().push_acks.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+            Err(e) => {
+                tracing::debug!(shard = ctx.id, error = %e, "udp receive failed");
+                monoio::time::sleep(Duration::from_millis(10)).await;
+            }
+        }
+        // Keep the whole capacity available for the next datagram.
+        buf.resize(UDP_RECV_BYTES, 0);
+    }
+}
+
+/// Housekeeping: expiry, due pushes and resends, and noticing shutdown.
+async fn tick_loop(ctx: Rc<ShardCtx>, udp: Rc<UdpSocket>, canceller: monoio::io::Canceller) {
+    let c = &ctx.shared.config;
+    let tick = Duration::from_millis(c.expiry_tick_ms.min(c.push_delay_ms).clamp(1, TICK_MS_MAX));
+    let mut out = Vec::new();
+    loop {
+        monoio::time::sleep(tick).await;
+        if ctx.shared.shutdown.load(Ordering::Relaxed) {
+            canceller.cancel();
+            return;
+        }
+        let now = now_ms();
+        {
+            let mut st = ctx.state.borrow_mut();
+            let st = &mut *st;
+            let mut changed = Vec::new();
+            st.store.expire(now, &mut changed);
+            for key in &changed {
+                st.push.changed(key, now);
+            }
+            let store = &mut st.store;
+            let counts = st.push.due(
+                now,
+                |svc, clusters| {
+                    let op = Op::List {
+                        svc: svc.clone(),
+                        variant: ListVariant {
+                            clusters: clusters.to_string(),
+                            healthy_only: false,
+                            cache_millis: 10_000,
+                        },
+                    };
+                    store.apply(op, now).reply.body
+                },
+                &mut out,
+            );
+            let s = ctx.stats();
+            s.pushes_sent.fetch_add(counts.sent, Ordering::Relaxed);
+            s.push_retries.fetch_add(counts.retried, Ordering::Relaxed);
+            ctx.publish_counts(st);
+        }
+        for d in out.drain(..) {
+            let (res, _) = udp.send_to(d.payload, d.addr).await;
+            if let Err(e) = res {
+                tracing::debug!(shard = ctx.id, to = %d.addr, error = %e, "push send failed");
+            }
+        }
+    }
+}

@@ -1,0 +1,94 @@
+//! One registered instance and the values a write supplies for it.
+
+use std::collections::BTreeMap;
+use std::rc::Rc;
+
+/// Metadata: sorted, so that serialization is deterministic.
+pub type Metadata = BTreeMap<String, String>;
+
+pub const META_BEAT_INTERVAL: &str = "preserved.heart.beat.interval";
+pub const META_BEAT_TIMEOUT: &str = "preserved.heart.beat.timeout";
+pub const META_DELETE_TIMEOUT: &str = "preserved.ip.delete.timeout";
+
+/// Node-wide heartbeat defaults; an instance's `preserved.*` metadata
+/// overrides them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Timeouts {
+    pub beat_interval_ms: u64,
+    pub unhealthy_timeout_ms: u64,
+    pub delete_timeout_ms: u64,
+}
+
+impl Default for Timeouts {
+    fn default() -> Self {
+        Timeouts {
+            beat_interval_ms: 5_000,
+            unhealthy_timeout_ms: 15_000,
+            delete_timeout_ms: 30_000,
+        }
+    }
+}
+
+impl Timeouts {
+    /// The defaults overridden by whatever `preserved.*` keys hold digits.
+    pub fn for_metadata(self, metadata: &Metadata) -> Timeouts {
+        let get = |key: &str, default: u64| {
+            metadata
+                .get(key)
+                .and_then(|v| v.trim().parse::<u64>().ok())
+                .filter(|v| *v > 0)
+                .unwrap_or(default)
+        };
+        Timeouts {
+            beat_interval_ms: get(META_BEAT_INTERVAL, self.beat_interval_ms),
+            unhealthy_timeout_ms: get(META_BEAT_TIMEOUT, self.unhealthy_timeout_ms),
+            delete_timeout_ms: get(META_DELETE_TIMEOUT, self.delete_timeout_ms),
+        }
+    }
+}
+
+/// Identity of an instance inside a service.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct InstanceAddr {
+    pub ip: String,
+    pub port: u16,
+    pub cluster: String,
+}
+
+impl InstanceAddr {
+    /// `ip#port#cluster`: the key in the service's instance map, and the
+    /// prefix of the instance id.
+    pub fn key(&self) -> String {
+        format!("{}#{}#{}", self.ip, self.port, self.cluster)
+    }
+}
+
+/// Everything a register carries.
+#[derive(Debug, Clone, PartialEq)]
+pub struct InstanceSpec {
+    pub addr: InstanceAddr,
+    pub weight: f64,
+    pub healthy: bool,
+    pub enabled: bool,
+    pub ephemeral: bool,
+    pub metadata: Metadata,
+}
+
+/// A stored instance.
+#[derive(Debug, Clone)]
+pub struct Instance {
+    /// `ip#port#cluster`, shared with the expiry timer that watches it.
+    pub key: Rc<str>,
+    pub addr: InstanceAddr,
+    pub weight: f64,
+    pub healthy: bool,
+    pub enabled: bool,
+    pub ephemeral: bool,
+    pub metadata: Metadata,
+    /// Server time of the last beat (or of the register), ms since epoch.
+    pub last_beat_ms: u64,
+    /// Effective timeouts: node defaults overridden by metadata.
+    pub timeouts: Timeouts,
+    /// Whether an expiry timer is armed for this instance (at most one).
+    pub timer_armed: bool,
+}

@@ -1,0 +1,523 @@
+//! One shard's slice of the registry: a state machine without I/O.
+//!
+//! Every entry point takes `now_ms`; nothing here reads a clock, touches a
+//! socket or knows about other shards. The shard that owns this `Store`
+//! is the only thread that ever touches it.
+
+pub mod expiry;
+pub mod instance;
+pub mod render;
+pub mod service;
+
+use std::collections::HashMap;
+use std::rc::Rc;
+
+use bytes::Bytes;
+
+use crate::reply::Reply;
+use expiry::TimerWheel;
+use instance::{Instance, InstanceAddr, InstanceSpec, Metadata, Timeouts};
+use service::{ListVariant, Service, ServiceId};
+
+/// What a beat JSON adds to a beat: enough to register the instance when it
+/// is unknown. (A beat never changes a known instance's fields.)
+#[derive(Debug, Clone, PartialEq)]
+pub struct BeatInfo {
+    pub weight: f64,
+    pub ephemeral: bool,
+    pub metadata: Metadata,
+}
+
+/// A validated command for the shard that owns `svc`. `Send`, so that it
+/// can cross cores.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Op {
+    Register {
+        svc: ServiceId,
+        spec: InstanceSpec,
+    },
+    /// `PUT /instance`: set what was supplied; create when absent unless
+    /// `must_exist` (the Java client's semantics).
+    Update {
+        svc: ServiceId,
+        addr: InstanceAddr,
+        change: InstanceChange,
+        must_exist: bool,
+    },
+    /// `PATCH /instance`: set what was supplied; the instance must exist.
+    Patch {
+        svc: ServiceId,
+        addr: InstanceAddr,
+        change: InstanceChange,
+    },
+    Deregister {
+        svc: ServiceId,
+        addr: InstanceAddr,
+    },
+    Beat {
+        svc: ServiceId,
+        addr: InstanceAddr,
+        beat: Option<BeatInfo>,
+    },
+    List {
+        svc: ServiceId,
+        variant: ListVariant,
+    },
+    GetInstance {
+        svc: ServiceId,
+        addr: InstanceAddr,
+    },
+    CreateService {
+        svc: ServiceId,
+        change: ServiceChange,
+    },
+    UpdateService {
+        svc: ServiceId,
+        change: ServiceChange,
+    },
+    DeleteService {
+        svc: ServiceId,
+    },
+    GetService {
+        svc: ServiceId,
+    },
+}
+
+impl Op {
+    pub fn service(&self) -> &ServiceId {
+        match self {
+            Op::Register { svc, .. }
+            | Op::Update { svc, .. }
+            | Op::Patch { svc, .. }
+            | Op::Deregister { svc, .. }
+            | Op::Beat { svc, .. }
+            | Op::List { svc, .. }
+            | Op::GetInstance { svc, .. }
+            | Op::CreateService { svc, .. }
+            | Op::UpdateService { svc, .. }
+            | Op::DeleteService { svc }
+            | Op::GetService { svc } => svc,
+        }
+    }
+}
+
+/// Fields of an instance that an update or a patch may set; `None` keeps.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct InstanceChange {
+    pub weight: Option<f64>,
+    pub healthy: Option<bool>,
+    pub enabled: Option<bool>,
+    pub ephemeral: Option<bool>,
+    pub metadata: Option<Metadata>,
+}
+
+/// Fields of a service that a create or an update may set; `None` keeps.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct ServiceChange {
+    pub protect_threshold: Option<f64>,
+    pub metadata: Option<Metadata>,
+    pub selector: Option<serde_json::Value>,
+}
+
+/// The result of applying an op.
+#[derive(Debug)]
+pub struct Applied {
+    pub reply: Reply,
+    /// The service's visible state changed (push subscribers must hear).
+    pub changed: bool,
+}
+
+/// Counts kept up to date for metrics.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Counts {
+    pub services: usize,
+    pub instances: usize,
+}
+
+/// One shard's services.
+pub struct Store {
+    services: HashMap<Rc<str>, Service>,
+    timers: TimerWheel<(Rc<str>, Rc<str>)>,
+    defaults: Timeouts,
+    instances: usize,
+}
+
+fn beat_reply(code: u32, interval_ms: u64) -> Reply {
+    let body = if code == 10200 {
+        format!(r#"{{"clientBeatInterval":{interval_ms},"code":10200,"lightBeatEnabled":true}}"#)
+    } else {
+        format!(r#"{{"clientBeatInterval":{interval_ms},"code":{code}}}"#)
+    };
+    Reply::json(body)
+}
+
+impl Store {
+    pub fn new(defaults: Timeouts, expiry_tick_ms: u64, now_ms: u64) -> Store {
+        Store {
+            services: HashMap::new(),
+            timers: TimerWheel::new(expiry_tick_ms, now_ms),
+            defaults,
+            instances: 0,
+        }
+    }
+
+    pub fn counts(&self) -> Counts {
+        Counts {
+            services: self.services.len(),
+            instances: self.instances,
+        }
+    }
+
+    /// Expiry timers armed (at most one per ephemeral instance).
+    pub fn timers_armed(&self) -> usize {
+        self.timers.len()
+    }
+
+    pub fn service(&self, full_key: &str) -> Option<&Service> {
+        self.services.get(full_key)
+    }
+
+    /// Grouped-less names of the services in `namespace` and `group`.
+    pub fn service_names(&self, namespace: &str, group: &str) -> Vec<String> {
+        self.services
+            .values()
+            .filter(|s| s.id.namespace == namespace && s.id.group == group)
+            .map(|s| s.id.name.clone())
+            .collect()
+    }
+
+    fn service_mut(&mut self, id: &ServiceId, now_ms: u64) -> &mut Service {
+        let key = id.full_key();
+        if !self.services.contains_key(key.as_str()) {
+            let s = Service::new(id.clone(), now_ms);
+            self.services.insert(s.key.clone(), s);
+        }
+        self.services.get_mut(key.as_str()).expect("inserted above")
+    }
+
+    /// Arms the instance's expiry timer if it needs one and has none.
+    fn arm(timers: &mut TimerWheel<(Rc<str>, Rc<str>)>, svc_key: &Rc<str>, inst: &mut Instance) {
+        if inst.ephemeral && !inst.timer_armed {
+            let due = inst.last_beat_ms + inst.timeouts.unhealthy_timeout_ms;
+            timers.insert(due, (svc_key.clone(), inst.key.clone()));
+            inst.timer_armed = true;
+        }
+    }
+
+    /// Inserts or replaces an instance.
+    fn put(&mut self, svc: &ServiceId, spec: InstanceSpec, now_ms: u64) {
+        let defaults = self.defaults;
+        let s = self.service_mut(svc, now_ms);
+        let key = spec.addr.key();
+        let timeouts = defaults.for_metadata(&spec.metadata);
+        let timer_armed = s
+            .instances
+            .get(key.as_str())
+            .map(|i| i.timer_armed)
+            .unwrap_or(false);
+        let mut inst = Instance {
+            key: Rc::from(key),
+            addr: spec.addr,
+            weight: spec.weight,
+            healthy: spec.healthy,
+            enabled: spec.enabled,
+            ephemeral: spec.ephemeral,
+            metadata: spec.metadata,
+            last_beat_ms: now_ms,
+            timeouts,
+            timer_armed,
+        };
+        let svc_key = s.key.clone();
+        Self::arm(&mut self.timers, &svc_key, &mut inst);
+        let s = self.services.get_mut(&*svc_key).expect("exists");
+        if s.instances.insert(inst.key.clone(), inst).is_none() {
+            self.instances += 1;
+        }
+        s.touch(now_ms);
+    }
+
+    fn change(
+        &mut self,
+        svc: &ServiceId,
+        addr: &InstanceAddr,
+        change: InstanceChange,
+        now_ms: u64,
+    ) -> bool {
+        let defaults = self.defaults;
+        let Some(s) = self.services.get_mut(svc.full_key().as_str()) else {
+            return false;
+        };
+        let svc_key = s.key.clone();
+        let Some(inst) = s.instances.get_mut(addr.key().as_str()) else {
+            return false;
+        };
+        if let Some(w) = change.weight {
+            inst.weight = w;
+        }
+        if let Some(h) = change.healthy {
+            inst.healthy = h;
+        }
+        if let Some(e) = change.enabled {
+            inst.enabled = e;
+        }
+        if let Some(e) = change.ephemeral {
+            inst.ephemeral = e;
+        }
+        if let Some(m) = change.metadata {
+            inst.timeouts = defaults.for_metadata(&m);
+            inst.metadata = m;
+        }
+        Self::arm(&mut self.timers, &svc_key, inst);
+        s.touch(now_ms);
+        true
+    }
+
+    /// Applies one command.
+    pub fn apply(&mut self, op: Op, now_ms: u64) -> Applied {
+        let unchanged = |reply| Applied {
+            reply,
+            changed: false,
+        };
+        let changed = |reply| Applied {
+            reply,
+            changed: true,
+        };
+        match op {
+            Op::Register { svc, spec } => {
+                self.put(&svc, spec, now_ms);
+                changed(Reply::ok())
+            }
+            Op::Update {
+                svc,
+                addr,
+                change,
+                must_exist,
+            } => {
+                if self.change(&svc, &addr, change.clone(), now_ms) {
+                    return changed(Reply::ok());
+                }
+                if must_exist {
+                    return unchanged(Reply::bad_request(format!(
+                        "instance not exist: {}#{}",
+                        addr.key(),
+                        svc.grouped()
+                    )));
+                }
+                let spec = InstanceSpec {
+                    addr,
+                    weight: change.weight.unwrap_or(1.0),
+                    healthy: change.healthy.unwrap_or(true),
+                    enabled: change.enabled.unwrap_or(true),
+                    ephemeral: change.ephemeral.unwrap_or(true),
+                    metadata: change.metadata.unwrap_or_default(),
+                };
+                self.put(&svc, spec, now_ms);
+                changed(Reply::ok())
+            }
+            Op::Patch { svc, addr, change } => {
+                if self.change(&svc, &addr, change, now_ms) {
+                    changed(Reply::ok())
+                } else {
+                    unchanged(Reply::bad_request("instance not found"))
+                }
+            }
+            Op::Deregister { svc, addr } => {
+                let Some(s) = self.services.get_mut(svc.full_key().as_str()) else {
+                    return unchanged(Reply::ok());
+                };
+                if s.instances.remove(addr.key().as_str()).is_some() {
+                    self.instances -= 1;
+                    s.touch(now_ms);
+                    return changed(Reply::ok());
+                }
+                unchanged(Reply::ok())
+            }
+            Op::Beat { svc, addr, beat } => self.beat(svc, addr, beat, now_ms),
+            Op::List { svc, variant } => {
+                let key = svc.full_key();
+                match self.services.get_mut(key.as_str()) {
+                    Some(s) => {
+                        if let Some(body) = s.cached_list(&variant) {
+                            return unchanged(Reply::json(body));
+                        }
+                        let body = Bytes::from(render::list_json(&svc, Some(s), &variant, now_ms));
+                        s.cache_list(variant, body.clone());
+                        unchanged(Reply::json(body))
+                    }
+                    None => unchanged(Reply::json(render::list_json(&svc, None, &variant, now_ms))),
+                }
+            }
+            Op::GetInstance { svc, addr } => {
+                let found = self
+                    .services
+                    .get(svc.full_key().as_str())
+                    .and_then(|s| s.instances.get(addr.key().as_str()));
+                match found {
+                    Some(inst) => unchanged(Reply::json(render::instance_json(&svc, inst))),
+                    None => unchanged(Reply::not_found(format!(
+                        "instance not found: {}#{}",
+                        addr.key(),
+                        svc.grouped()
+                    ))),
+                }
+            }
+            Op::CreateService { svc, change } => {
+                if self.services.contains_key(svc.full_key().as_str()) {
+                    return unchanged(Reply::bad_request(format!(
+                        "specified service already exists, serviceName : {}",
+                        svc.grouped()
+                    )));
+                }
+                let s = self.service_mut(&svc, now_ms);
+                Self::set_service(s, change);
+                s.touch(now_ms);
+                changed(Reply::ok())
+            }
+            Op::UpdateService { svc, change } => {
+                match self.services.get_mut(svc.full_key().as_str()) {
+                    Some(s) => {
+                        Self::set_service(s, change);
+                        s.touch(now_ms);
+                        changed(Reply::ok())
+                    }
+                    None => unchanged(Reply::not_found(format!(
+                        "service not found: {}",
+                        svc.grouped()
+                    ))),
+                }
+            }
+            Op::DeleteService { svc } => {
+                let key = svc.full_key();
+                match self.services.get(key.as_str()) {
+                    None => unchanged(Reply::not_found(format!(
+                        "service not found: {}",
+                        svc.grouped()
+                    ))),
+                    Some(s) if !s.instances.is_empty() => unchanged(Reply::bad_request(format!(
+                        "service {} is not empty, can't be deleted; deregister its instances first",
+                        svc.grouped()
+                    ))),
+                    Some(_) => {
+                        self.services.remove(key.as_str());
+                        changed(Reply::ok())
+                    }
+                }
+            }
+            Op::GetService { svc } => match self.services.get(svc.full_key().as_str()) {
+                Some(s) => unchanged(Reply::json(render::service_json(s))),
+                None => unchanged(Reply::not_found(format!(
+                    "service not found: {}",
+                    svc.grouped()
+                ))),
+            },
+        }
+    }
+
+    fn set_service(s: &mut Service, change: ServiceChange) {
+        if let Some(t) = change.protect_threshold {
+            s.protect_threshold = t;
+        }
+        if let Some(m) = change.metadata {
+            s.metadata = m;
+        }
+        if let Some(sel) = change.selector {
+            s.selector = sel;
+        }
+    }
+
+    fn beat(
+        &mut self,
+        svc: ServiceId,
+        addr: InstanceAddr,
+        beat: Option<BeatInfo>,
+        now_ms: u64,
+    ) -> Applied {
+        let key = svc.full_key();
+        if let Some(s) = self.services.get_mut(key.as_str()) {
+            let svc_key = s.key.clone();
+            if let Some(inst) = s.instances.get_mut(addr.key().as_str()) {
+                inst.last_beat_ms = now_ms;
+                let interval = inst.timeouts.beat_interval_ms;
+                Self::arm(&mut self.timers, &svc_key, inst);
+                let revived = !inst.healthy;
+                if revived {
+                    inst.healthy = true;
+                    s.touch(now_ms);
+                }
+                return Applied {
+                    reply: beat_reply(10200, interval),
+                    changed: revived,
+                };
+            }
+        }
+        match beat {
+            Some(b) => {
+                let interval = self.defaults.for_metadata(&b.metadata).beat_interval_ms;
+                let spec = InstanceSpec {
+                    addr,
+                    weight: b.weight,
+                    healthy: true,
+                    enabled: true,
+                    ephemeral: b.ephemeral,
+                    metadata: b.metadata,
+                };
+                self.put(&svc, spec, now_ms);
+                Applied {
+                    reply: beat_reply(10200, interval),
+                    changed: true,
+                }
+            }
+            None => Applied {
+                reply: beat_reply(20404, self.defaults.beat_interval_ms),
+                changed: false,
+            },
+        }
+    }
+
+    /// Fires the expiry timers due by `now_ms`: instances past their
+    /// unhealthy timeout turn unhealthy, past their delete timeout are
+    /// removed. Pushes the keys of the services that changed.
+    pub fn expire(&mut self, now_ms: u64, changed: &mut Vec<Rc<str>>) {
+        let mut due = Vec::new();
+        self.timers.advance(now_ms, |_, v| due.push(v));
+        for (svc_key, inst_key) in due {
+            let Some(s) = self.services.get_mut(&svc_key) else {
+                continue;
+            };
+            let Some(inst) = s.instances.get_mut(&inst_key) else {
+                continue;
+            };
+            inst.timer_armed = false;
+            if !inst.ephemeral {
+                continue;
+            }
+            let silent_ms = now_ms.saturating_sub(inst.last_beat_ms);
+            let t = inst.timeouts;
+            if silent_ms >= t.delete_timeout_ms {
+                tracing::info!(service = %svc_key, instance = %inst_key, silent_ms, "instance expired, removed");
+                s.instances.remove(&inst_key);
+                self.instances -= 1;
+                s.touch(now_ms);
+                changed.push(svc_key);
+                continue;
+            }
+            let turn_unhealthy = silent_ms >= t.unhealthy_timeout_ms && inst.healthy;
+            let next_due = if silent_ms >= t.unhealthy_timeout_ms {
+                inst.last_beat_ms + t.delete_timeout_ms
+            } else {
+                inst.last_beat_ms + t.unhealthy_timeout_ms
+            };
+            inst.timer_armed = true;
+            if turn_unhealthy {
+                tracing::info!(service = %svc_key, instance = %inst_key, silent_ms, "instance unhealthy");
+                inst.healthy = false;
+                s.touch(now_ms);
+                changed.push(svc_key.clone());
+            }
+            self.timers.insert(next_due, (svc_key, inst_key));
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;

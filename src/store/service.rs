@@ -1,0 +1,99 @@
+//! A service: its own fields, its instances, and the cache of its rendered
+//! instance lists.
+
+use std::collections::HashMap;
+use std::rc::Rc;
+
+use bytes::Bytes;
+
+use super::instance::{Instance, Metadata};
+
+/// Rendered list variants kept per service revision.
+pub const LIST_CACHE_ENTRIES_MAX: usize = 8;
+
+/// Names a service. `group` and `name` never contain `@@`.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct ServiceId {
+    pub namespace: String,
+    pub group: String,
+    pub name: String,
+}
+
+impl ServiceId {
+    /// `group@@name`.
+    pub fn grouped(&self) -> String {
+        format!("{}@@{}", self.group, self.name)
+    }
+
+    /// `namespace##group@@name`: the key a node stores the service under.
+    pub fn full_key(&self) -> String {
+        format!("{}##{}@@{}", self.namespace, self.group, self.name)
+    }
+}
+
+/// Which rendering of the list a cached body is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ListVariant {
+    /// The `clusters` parameter as given (after trimming).
+    pub clusters: String,
+    pub healthy_only: bool,
+    pub cache_millis: u32,
+}
+
+/// A stored service.
+#[derive(Debug)]
+pub struct Service {
+    pub id: ServiceId,
+    /// Full key, shared with expiry timers.
+    pub key: Rc<str>,
+    pub protect_threshold: f64,
+    pub metadata: Metadata,
+    /// The selector as given (a JSON object), `{"type":"none"}` by default.
+    pub selector: serde_json::Value,
+    /// Instances by `ip#port#cluster`.
+    pub instances: HashMap<Rc<str>, Instance>,
+    /// Bumped on every change that a list or a push can see.
+    pub revision: u64,
+    /// Time of the last change, strictly increasing; the list's `lastRefTime`.
+    pub modified_ms: u64,
+    /// Rendered list bodies for the current revision.
+    pub list_cache: Vec<(ListVariant, Bytes)>,
+}
+
+impl Service {
+    pub fn new(id: ServiceId, now_ms: u64) -> Service {
+        let key: Rc<str> = Rc::from(id.full_key());
+        Service {
+            id,
+            key,
+            protect_threshold: 0.0,
+            metadata: Metadata::new(),
+            selector: serde_json::json!({"type": "none"}),
+            instances: HashMap::new(),
+            revision: 0,
+            modified_ms: now_ms,
+            list_cache: Vec::new(),
+        }
+    }
+
+    /// Records a visible change: new revision, cache dropped.
+    pub fn touch(&mut self, now_ms: u64) {
+        self.revision += 1;
+        self.modified_ms = now_ms.max(self.modified_ms + 1);
+        self.list_cache.clear();
+    }
+
+    pub fn cached_list(&self, variant: &ListVariant) -> Option<Bytes> {
+        self.list_cache
+            .iter()
+            .find(|(v, _)| v == variant)
+            .map(|(_, b)| b.clone())
+    }
+
+    pub fn cache_list(&mut self, variant: ListVariant, body: Bytes) {
+        if self.list_cache.len() >= LIST_CACHE_ENTRIES_MAX {
+            self.list_cache.remove(0);
+        }
+        self.list_cache.push((variant, body));
+    }
+}
