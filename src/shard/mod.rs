@@ -313,6 +313,7 @@ async fn tick_loop(ctx: Rc<ShardCtx>, udp: Rc<UdpSocket>, canceller: monoio::io:
             return;
         }
         let now = now_ms();
+        tracing::trace!(shard = ctx.id, now, "tick");
         {
             let mut st = ctx.state.borrow_mut();
             let st = &mut *st;

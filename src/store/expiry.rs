@@ -43,7 +43,9 @@ impl<T> TimerWheel<T> {
 
     /// Arms a timer. A deadline in the past fires on the next `advance`.
     pub fn insert(&mut self, due_ms: u64, value: T) {
-        let tick = (due_ms / self.tick_ms).max(self.next_tick);
+        // File it under the first tick that starts at or after the
+        // deadline: when that tick is visited, `now >= due` holds.
+        let tick = due_ms.div_ceil(self.tick_ms).max(self.next_tick);
         self.slots[(tick % SLOTS as u64) as usize].push((due_ms, value));
         self.len += 1;
     }
@@ -102,6 +104,20 @@ mod tests {
         w.advance(200_000, |_, v| fired.push(v));
         assert_eq!(fired, vec!["a", "b", "far"]);
         assert!(w.is_empty());
+    }
+
+    /// Regression: an entry filed under floor(due / tick) was skipped when
+    /// the pass over its slot came before its deadline within that tick,
+    /// and then waited a whole revolution.
+    #[test]
+    fn deadline_inside_a_visited_tick_still_fires() {
+        let mut w = TimerWheel::new(100, 0);
+        w.insert(250, "a");
+        let mut fired = Vec::new();
+        w.advance(220, |_, v| fired.push(v));
+        assert!(fired.is_empty());
+        w.advance(300, |_, v| fired.push(v));
+        assert_eq!(fired, vec!["a"]);
     }
 
     #[test]

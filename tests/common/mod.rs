@@ -40,12 +40,16 @@ impl Node {
     pub fn attach(mut child: Child) -> Node {
         let stderr = child.stderr.take().expect("stderr piped");
         let (tx, rx) = mpsc::channel();
+        let echo = std::env::var_os("DR_TEST_LOG").is_some();
         std::thread::spawn(move || {
             for line in BufReader::new(stderr).lines() {
                 let Ok(line) = line else { break };
-                if tx.send(line).is_err() {
-                    break;
+                if echo {
+                    eprintln!("[node] {line}");
                 }
+                // Keep draining (so the node never blocks on a full pipe)
+                // even when nobody reads the channel any more.
+                let _ = tx.send(line);
             }
         });
         let deadline = Instant::now() + Duration::from_secs(20);
