@@ -14,6 +14,8 @@ pub struct Node {
     pub addr: SocketAddr,
     /// Lines the node logged after it started listening.
     pub log: mpsc::Receiver<String>,
+    /// Lines logged up to and including the "listening" line.
+    pub early_log: Vec<String>,
 }
 
 impl Node {
@@ -53,17 +55,20 @@ impl Node {
             }
         });
         let deadline = Instant::now() + Duration::from_secs(20);
+        let mut early_log = Vec::new();
         loop {
             let left = deadline.saturating_duration_since(Instant::now());
             let line = rx
                 .recv_timeout(left)
                 .expect("node did not say it was listening");
+            early_log.push(line.clone());
             if let Some(rest) = line.split("listening on ").nth(1) {
                 let addr = rest.split_whitespace().next().unwrap().parse().unwrap();
                 return Node {
                     child,
                     addr,
                     log: rx,
+                    early_log,
                 };
             }
         }

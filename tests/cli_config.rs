@@ -1,0 +1,156 @@
+//! Configuration from flags, `DISTRO_REGISTRY_*` variables and a TOML
+//! file; bad configuration refused; SIGTERM/SIGINT stop cleanly.
+
+mod common;
+use common::*;
+use std::io::Write;
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+fn beat_interval(n: &Node) -> serde_json::Value {
+    n.req(
+        "POST",
+        &format!("{NS}/instance?serviceName=c&ip=10.0.0.1&port=1"),
+        "",
+    );
+    n.req(
+        "PUT",
+        &format!("{NS}/instance/beat?serviceName=c&ip=10.0.0.1&port=1"),
+        "",
+    )
+    .json()["clientBeatInterval"]
+        .clone()
+}
+
+#[test]
+fn environment_and_file_and_flag_precedence() {
+    let dir = std::env::temp_dir().join(format!("dr-cfg-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("node.toml");
+    std::fs::write(&file, "beat-interval-ms = 3000\ncores = 1\n").unwrap();
+    let f = file.to_str().unwrap();
+    // File alone.
+    let n = Node::start(&["--config", f]);
+    assert_eq!(beat_interval(&n), 3000);
+    assert!(n
+        .get("/metrics")
+        .body
+        .contains("registry_shard_services{shard=\"0\"}"));
+    assert!(
+        !n.get("/metrics").body.contains("shard=\"1\""),
+        "cores = 1 from the file"
+    );
+    drop(n);
+    // Environment beats the file.
+    let n = Node::start_with_env(
+        &["--config", f],
+        &[("DISTRO_REGISTRY_BEAT_INTERVAL_MS", "4000")],
+    );
+    assert_eq!(beat_interval(&n), 4000);
+    drop(n);
+    // A flag beats both.
+    let n = Node::start_with_env(
+        &["--config", f, "--beat-interval-ms", "4500"],
+        &[("DISTRO_REGISTRY_BEAT_INTERVAL_MS", "4000")],
+    );
+    assert_eq!(beat_interval(&n), 4500);
+}
+
+fn refused(args: &[&str], env: &[(&str, &str)]) -> String {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_distro-registry"));
+    cmd.args(args).stdout(Stdio::null()).stderr(Stdio::piped());
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let out = cmd.output().unwrap();
+    assert!(!out.status.success(), "{args:?} should be refused");
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+#[test]
+fn bad_configuration_is_refused_with_a_reason() {
+    assert!(refused(&["--cores", "0", "--bind", "127.0.0.1:0"], &[]).contains("cores"));
+    assert!(refused(&["--bind", "nonsense"], &[]).contains("bind"));
+    let e = refused(
+        &["--bind", "127.0.0.1:0"],
+        &[("DISTRO_REGISTRY_IDLE_TIMEOUT_MS", "soon")],
+    );
+    assert!(e.contains("DISTRO_REGISTRY_IDLE_TIMEOUT_MS"), "{e}");
+    let path = std::env::temp_dir().join(format!("dr-bad-{}.toml", std::process::id()));
+    std::fs::write(&path, "no-such-setting = 1\n").unwrap();
+    let e = refused(
+        &["--config", path.to_str().unwrap(), "--bind", "127.0.0.1:0"],
+        &[],
+    );
+    assert!(e.contains("no-such-setting"), "{e}");
+    let e = refused(&["--config", "/nonexistent/x.toml"], &[]);
+    assert!(e.contains("cannot read config file"), "{e}");
+    // The port is taken: a clear error, exit non-zero.
+    let holder = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let taken = holder.local_addr().unwrap().to_string();
+    let e = refused(&["--bind", &taken], &[]);
+    assert!(e.contains("cannot listen"), "{e}");
+}
+
+#[test]
+fn sigterm_finishes_requests_then_exits_zero() {
+    let n = Node::start(&["--cores", "2"]);
+    let mut s = n.connect();
+    // A pipelined burst, then SIGTERM right away: every request is answered.
+    let burst =
+        "POST /nacos/v1/ns/instance?serviceName=t&ip=10.0.0.1&port=1 HTTP/1.1\r\nHost: x\r\n\r\n"
+            .repeat(50);
+    s.write_all(burst.as_bytes()).unwrap();
+    let first = read_response(&mut s).unwrap();
+    assert_eq!(first.status, 200);
+    let addr = n.addr;
+    let status = n.terminate();
+    assert!(status.success(), "exit status {status:?}");
+    let mut answered = 1;
+    while let Some(r) = read_response(&mut s) {
+        assert_eq!(r.status, 200);
+        answered += 1;
+    }
+    assert_eq!(answered, 50);
+    assert!(
+        std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(500)).is_err(),
+        "still accepting"
+    );
+}
+
+#[test]
+fn sigint_exits_zero() {
+    let n = Node::start(&[]);
+    unsafe_kill(n.child.id(), "INT");
+    let mut n = n;
+    assert!(eventually(
+        Duration::from_secs(10),
+        || matches!(n.child.try_wait(), Ok(Some(s)) if s.success())
+    ));
+}
+
+#[test]
+fn each_shard_logs_its_driver_and_it_matches_the_environment() {
+    let n = Node::start(&["--cores", "2"]);
+    let mut drivers: Vec<String> = n
+        .early_log
+        .iter()
+        .filter(|l| l.contains("shard started"))
+        .cloned()
+        .collect();
+    while drivers.len() < 2 {
+        let line = n
+            .log
+            .recv_timeout(Duration::from_secs(10))
+            .expect("every shard logs its driver");
+        if line.contains("shard started") {
+            drivers.push(line);
+        }
+    }
+    let legacy = std::env::var_os("MONOIO_FORCE_LEGACY_DRIVER").is_some();
+    for line in &drivers {
+        assert_eq!(line.contains("epoll"), legacy, "{line}");
+        assert_eq!(line.contains("io_uring"), !legacy, "{line}");
+    }
+    assert_eq!(n.get("/nacos/v1/console/health/liveness").status, 200);
+}
