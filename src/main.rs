@@ -19,7 +19,18 @@ fn main() {
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
         .with_ansi(std::io::stderr().is_terminal())
+        // A closed stderr (the reader went away) must never kill a thread:
+        // by default the subscriber reports a failed write with
+        // `eprintln!`, which panics when stderr is gone.
+        .log_internal_errors(false)
         .init();
+    // A panic on any thread leaves a core's data unreachable: take the
+    // whole node down loudly instead of serving half of the registry.
+    let default_hook = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        default_hook(info);
+        std::process::abort();
+    }));
     if let Err(e) = distro_registry::server::run(config) {
         tracing::error!("{e}");
         std::process::exit(1);

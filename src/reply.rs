@@ -17,7 +17,16 @@ pub struct Reply {
 
 impl Reply {
     pub fn ok() -> Reply {
-        Reply::text(200, "ok")
+        Reply::static_text(200, "ok")
+    }
+
+    /// A constant body: no allocation.
+    pub fn static_text(status: u16, body: &'static str) -> Reply {
+        Reply {
+            status,
+            json: false,
+            body: Bytes::from_static(body.as_bytes()),
+        }
     }
 
     pub fn text(status: u16, body: impl Into<String>) -> Reply {

@@ -108,11 +108,12 @@ fn watch_signals(shared: Arc<Shared>) -> Result<(), ServerError> {
         .name("signals".into())
         .spawn(move || {
             if let Some(sig) = signals.forever().next() {
+                // The flag first: nothing after it may keep the node up.
+                shared.shutdown.store(true, Ordering::Relaxed);
                 tracing::info!(
                     signal = sig,
                     "shutting down: no new connections, finishing in-flight requests"
                 );
-                shared.shutdown.store(true, Ordering::Relaxed);
             }
         })
         .map_err(ServerError::Signals)?;

@@ -154,3 +154,56 @@ fn each_shard_logs_its_driver_and_it_matches_the_environment() {
     }
     assert_eq!(n.get("/nacos/v1/console/health/liveness").status, 200);
 }
+
+/// Regression: with stderr a closed pipe, a log line panicked the thread
+/// that wrote it (tracing-subscriber reported the failed write with
+/// `eprintln!`), so SIGTERM left nodes hanging with a dead shard.
+#[test]
+fn sigterm_stops_a_node_whose_stderr_reader_went_away() {
+    use std::io::{BufRead, BufReader};
+    let mut child = Command::new(env!("CARGO_BIN_EXE_distro-registry"))
+        .args([
+            "--bind",
+            "127.0.0.1:0",
+            "--cores",
+            "2",
+            "--log-level",
+            "debug",
+        ])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut reader = BufReader::new(child.stderr.take().unwrap());
+    let mut line = String::new();
+    let addr: std::net::SocketAddr = loop {
+        line.clear();
+        assert!(
+            reader.read_line(&mut line).unwrap() > 0,
+            "node exited early"
+        );
+        if let Some(rest) = line.split("listening on ").nth(1) {
+            break rest.split_whitespace().next().unwrap().parse().unwrap();
+        }
+    };
+    drop(reader); // the read end closes: every later log line hits EPIPE
+    std::thread::sleep(Duration::from_millis(300)); // shards log as they start
+    for _ in 0..4 {
+        let mut s = std::net::TcpStream::connect(addr).unwrap();
+        send(&mut s, "GET", "/nacos/v1/console/health/liveness", "", &[]);
+        assert_eq!(
+            read_response(&mut s).unwrap().status,
+            200,
+            "every shard still serves"
+        );
+    }
+    unsafe_kill(child.id(), "TERM");
+    let ok = eventually(
+        Duration::from_secs(10),
+        || matches!(child.try_wait(), Ok(Some(s)) if s.success()),
+    );
+    if !ok {
+        let _ = child.kill();
+    }
+    assert!(ok, "node did not exit 0 after SIGTERM with a broken stderr");
+}

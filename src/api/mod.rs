@@ -192,11 +192,11 @@ pub struct NodeInfo {
 
 /// Turns a routed request into an action. `peer` is the client's address.
 pub fn handle(endpoint: Endpoint, req: &Request, peer: SocketAddr, node: &NodeInfo) -> Action {
-    let params = Params::parse(&req.query, req.form_body.then_some(req.body.as_slice()));
+    let params = Params::parse(req.query, req.form_body.then_some(&*req.body));
     let built = match endpoint {
         Endpoint::InstanceRegister => instance::register(&params),
         Endpoint::InstanceDeregister => instance::deregister(&params),
-        Endpoint::InstanceUpdate => instance::update(&params, &req.user_agent),
+        Endpoint::InstanceUpdate => instance::update(&params, req.user_agent),
         Endpoint::InstancePatch => instance::patch(&params),
         Endpoint::InstanceGet => instance::get(&params),
         Endpoint::InstanceBeat => instance::beat(&params),
@@ -210,7 +210,9 @@ pub fn handle(endpoint: Endpoint, req: &Request, peer: SocketAddr, node: &NodeIn
         Endpoint::OperatorServers => Ok(Action::Reply(operator::servers(node))),
         Endpoint::DistroServer => operator::distro_server(&params, node),
         Endpoint::ClusterNodes => Ok(Action::Reply(operator::cluster_nodes(node))),
-        Endpoint::Liveness | Endpoint::Readiness => Ok(Action::Reply(Reply::text(200, "OK"))),
+        Endpoint::Liveness | Endpoint::Readiness => {
+            Ok(Action::Reply(Reply::static_text(200, "OK")))
+        }
         Endpoint::Metrics => Ok(Action::Metrics),
         Endpoint::MethodNotAllowed => Ok(Action::Reply(Reply::text(405, "Method Not Allowed"))),
         Endpoint::NotFound | Endpoint::Invalid => Ok(Action::Reply(Reply::not_found("Not Found"))),

@@ -15,7 +15,7 @@ pub const DEFAULT_CLUSTER: &str = "DEFAULT";
 
 pub type Checked<T> = Result<T, Reply>;
 
-pub fn required<'a>(p: &'a Params, name: &str) -> Checked<&'a str> {
+pub fn required<'a>(p: &'a Params<'_>, name: &str) -> Checked<&'a str> {
     p.get(name)
         .ok_or_else(|| Reply::bad_request(format!("Param '{name}' is required.")))
 }
@@ -51,17 +51,17 @@ pub fn service_id(p: &Params) -> Checked<ServiceId> {
             "a grouped name must match [0-9a-zA-Z@.:_-]+ with a non-empty group and name",
         ));
     }
-    Ok(ServiceId {
-        namespace: namespace.to_string(),
-        group: group.to_string(),
-        name: name.to_string(),
-    })
+    Ok(ServiceId::new(namespace, group, name))
 }
 
+/// An IP address in canonical form (so `::1` and `0::1` are one instance).
 pub fn ip(name: &str, v: &str) -> Checked<String> {
-    v.parse::<IpAddr>()
-        .map(|a| a.to_string())
-        .map_err(|_| invalid(name, v, "not an IP address"))
+    match v.parse::<IpAddr>() {
+        // Dotted quads that parse are already canonical.
+        Ok(IpAddr::V4(_)) => Ok(v.to_string()),
+        Ok(a) => Ok(a.to_string()),
+        Err(_) => Err(invalid(name, v, "not an IP address")),
+    }
 }
 
 pub fn port(name: &str, v: &str) -> Checked<u16> {
@@ -186,14 +186,14 @@ pub fn opt_u64(p: &Params, name: &str, min: u64, max: u64) -> Checked<Option<u64
 mod tests {
     use super::*;
 
-    fn params(q: &str) -> Params {
+    fn params(q: &str) -> Params<'_> {
         Params::parse(q, None)
     }
 
     #[test]
     fn service_names() {
         let s = service_id(&params("serviceName=g1%40%40svc&groupName=ignored")).unwrap();
-        assert_eq!((s.group.as_str(), s.name.as_str()), ("g1", "svc"));
+        assert_eq!((s.group(), s.name(), s.grouped()), ("g1", "svc", "g1@@svc"));
         let s = service_id(&params("serviceName=svc")).unwrap();
         assert_eq!(s.full_key(), "public##DEFAULT_GROUP@@svc");
         assert!(service_id(&params("serviceName=bad%20name")).is_err());
@@ -225,5 +225,10 @@ mod tests {
         assert!(opt_bool(&params("h=yes"), "h").is_err());
         assert!(ip("ip", "10.0.0.256").is_err());
         assert_eq!(ip("ip", "::1").unwrap(), "::1");
+        assert_eq!(ip("ip", "0:0::1").unwrap(), "::1");
+        assert!(
+            ip("ip", "010.0.0.1").is_err(),
+            "leading zeros are ambiguous"
+        );
     }
 }

@@ -5,32 +5,33 @@
 //! and PUT, others use a form body. Values are percent-decoded (`+` is a
 //! space) and trimmed; an empty value counts as absent.
 
-/// Decoded parameters, in the order sent (query first, then body).
+use std::borrow::Cow;
+
+/// Decoded parameters, in the order sent (query first, then body). They
+/// borrow from the request unless percent-decoding had to change them.
 #[derive(Debug, Default, Clone)]
-pub struct Params {
-    pairs: Vec<(String, String)>,
+pub struct Params<'a> {
+    pairs: Vec<(Cow<'a, str>, Cow<'a, str>)>,
 }
 
-impl Params {
-    pub fn parse(query: &str, form_body: Option<&[u8]>) -> Params {
-        let mut pairs = Vec::new();
-        for (k, v) in form_urlencoded::parse(query.as_bytes()) {
-            pairs.push((k.into_owned(), v.trim().to_string()));
-        }
+impl<'a> Params<'a> {
+    pub fn parse(query: &'a str, form_body: Option<&'a [u8]>) -> Params<'a> {
+        // Nacos requests carry up to a dozen parameters.
+        let mut pairs = Vec::with_capacity(12);
+        pairs.extend(form_urlencoded::parse(query.as_bytes()));
         if let Some(body) = form_body {
-            for (k, v) in form_urlencoded::parse(body) {
-                pairs.push((k.into_owned(), v.trim().to_string()));
-            }
+            pairs.extend(form_urlencoded::parse(body));
         }
         Params { pairs }
     }
 
-    /// The first non-empty value of `name`.
+    /// The first value of `name` that is not empty once trimmed, trimmed.
     pub fn get(&self, name: &str) -> Option<&str> {
         self.pairs
             .iter()
-            .find(|(k, v)| k == name && !v.is_empty())
-            .map(|(_, v)| v.as_str())
+            .filter(|(k, _)| k == name)
+            .map(|(_, v)| v.trim())
+            .find(|v| !v.is_empty())
     }
 }
 

@@ -4,6 +4,8 @@
 //! is a request that used N bytes", or "this is an error, answer S and
 //! close". Limits are checked before anything is buffered past them.
 
+use std::borrow::Cow;
+
 /// Headers parsed per request; more is a 431.
 const HEADERS_MAX: usize = 64;
 
@@ -27,30 +29,31 @@ pub enum Method {
     Other,
 }
 
-/// One framed request, owning its parts.
+/// One framed request, borrowing from the connection's read buffer (no
+/// copy on the hot path; only a chunked body is rebuilt).
 #[derive(Debug, Clone)]
-pub struct Request {
+pub struct Request<'a> {
     pub method: Method,
     /// Path without the query, as sent.
-    pub path: String,
+    pub path: &'a str,
     /// Raw query string (after `?`), not decoded.
-    pub query: String,
+    pub query: &'a str,
     /// Decoded body (chunked bodies are de-chunked).
-    pub body: Vec<u8>,
+    pub body: Cow<'a, [u8]>,
     /// The body is a form (`application/x-www-form-urlencoded`, or no
     /// content type at all).
     pub form_body: bool,
     /// The client wants the connection kept open.
     pub keep_alive: bool,
     /// `User-Agent`, used only for Nacos client quirks, never for trust.
-    pub user_agent: String,
+    pub user_agent: &'a str,
 }
 
 /// What `parse` found.
 #[derive(Debug)]
-pub enum Parsed {
+pub enum Parsed<'a> {
     /// A whole request that used this many bytes of the buffer.
-    Complete(Request, usize),
+    Complete(Request<'a>, usize),
     /// More bytes are needed.
     Partial,
     /// Answer with this status and message, then close.
@@ -70,7 +73,7 @@ fn method_of(m: &str) -> Method {
 }
 
 /// Frames the first request in `buf`.
-pub fn parse(buf: &[u8], limits: Limits) -> Parsed {
+pub fn parse(buf: &[u8], limits: Limits) -> Parsed<'_> {
     let mut headers = [httparse::EMPTY_HEADER; HEADERS_MAX];
     let mut req = httparse::Request::new(&mut headers);
     let head_len = match req.parse(buf) {
@@ -100,7 +103,7 @@ pub fn parse(buf: &[u8], limits: Limits) -> Parsed {
     let mut chunked = false;
     let mut keep_alive = version == 1;
     let mut form_body = true;
-    let mut user_agent = String::new();
+    let mut user_agent = "";
     for h in req.headers.iter() {
         let name = h.name;
         if name.eq_ignore_ascii_case("content-length") {
@@ -132,7 +135,7 @@ pub fn parse(buf: &[u8], limits: Limits) -> Parsed {
             let v = String::from_utf8_lossy(h.value).to_ascii_lowercase();
             form_body = v.contains("application/x-www-form-urlencoded");
         } else if name.eq_ignore_ascii_case("user-agent") {
-            user_agent = String::from_utf8_lossy(h.value).into_owned();
+            user_agent = std::str::from_utf8(h.value).unwrap_or("");
         }
     }
     if chunked && content_length.is_some() {
@@ -142,7 +145,7 @@ pub fn parse(buf: &[u8], limits: Limits) -> Parsed {
     let rest = &buf[head_len..];
     let (body, body_len) = if chunked {
         match dechunk(rest, limits.body_bytes_max) {
-            Dechunked::Done(body, used) => (body, used),
+            Dechunked::Done(body, used) => (Cow::Owned(body), used),
             Dechunked::Partial => return Parsed::Partial,
             Dechunked::TooLarge => return Parsed::Error(413, "Payload Too Large"),
             Dechunked::Bad => return Parsed::Error(400, "Bad chunked body"),
@@ -155,12 +158,12 @@ pub fn parse(buf: &[u8], limits: Limits) -> Parsed {
         if rest.len() < n {
             return Parsed::Partial;
         }
-        (rest[..n].to_vec(), n)
+        (Cow::Borrowed(&rest[..n]), n)
     };
     let request = Request {
         method,
-        path: path.to_string(),
-        query: query.to_string(),
+        path,
+        query,
         body,
         form_body,
         keep_alive,
@@ -228,11 +231,11 @@ mod tests {
         let Parsed::Complete(r, n) = parse(raw, LIMITS) else {
             panic!()
         };
-        assert_eq!((r.path.as_str(), r.query.as_str()), ("/a", "x=1"));
+        assert_eq!((r.path, r.query), ("/a", "x=1"));
         let Parsed::Complete(r2, n2) = parse(&raw[n..], LIMITS) else {
             panic!()
         };
-        assert_eq!(r2.body, b"abc");
+        assert_eq!(&*r2.body, b"abc");
         assert!(matches!(parse(&raw[n + n2..], LIMITS), Parsed::Partial));
     }
 
@@ -242,7 +245,7 @@ mod tests {
         let Parsed::Complete(r, n) = parse(raw, LIMITS) else {
             panic!()
         };
-        assert_eq!(r.body, b"abcde");
+        assert_eq!(&*r.body, b"abcde");
         assert_eq!(n, raw.len());
         let big = b"POST / HTTP/1.1\r\nContent-Length: 5000\r\n\r\n";
         assert!(matches!(parse(big, LIMITS), Parsed::Error(413, _)));

@@ -79,6 +79,10 @@ impl PushState {
         }
     }
 
+    pub fn has_subscribers(&self) -> bool {
+        !self.services.is_empty()
+    }
+
     pub fn subscriber_count(&self) -> usize {
         self.services.values().map(|s| s.subscribers.len()).sum()
     }
@@ -89,7 +93,7 @@ impl PushState {
         let expires_ms = now_ms + self.config.subscriber_ttl_ms;
         let entry = self
             .services
-            .entry(svc.full_key())
+            .entry(svc.full_key().to_string())
             .or_insert_with(|| Subscribed {
                 svc: svc.clone(),
                 subscribers: Vec::new(),
@@ -252,11 +256,7 @@ mod tests {
     }
 
     fn svc() -> ServiceId {
-        ServiceId {
-            namespace: "public".into(),
-            group: "DEFAULT_GROUP".into(),
-            name: "a".into(),
-        }
+        ServiceId::new("public", "DEFAULT_GROUP", "a")
     }
 
     fn sub(port: u16) -> Subscription {
@@ -271,8 +271,8 @@ mod tests {
         let mut p = PushState::new(cfg());
         p.subscribe(&svc(), sub(9000), 0);
         p.subscribe(&svc(), sub(9001), 0);
-        p.changed(&svc().full_key(), 10);
-        p.changed(&svc().full_key(), 20);
+        p.changed(svc().full_key(), 10);
+        p.changed(svc().full_key(), 20);
         let mut out = Vec::new();
         let render = |_: &ServiceId, _: &str| Bytes::from_static(b"{\"hosts\":[]}");
         p.due(50, render, &mut out);
@@ -303,7 +303,7 @@ mod tests {
             p.subscribe(&svc(), sub(port), port as u64);
         }
         assert_eq!(p.subscriber_count(), 2);
-        p.changed(&svc().full_key(), 10_000);
+        p.changed(svc().full_key(), 10_000);
         let mut out = Vec::new();
         p.due(20_000, |_, _| Bytes::new(), &mut out);
         assert!(out.is_empty());

@@ -77,7 +77,7 @@ async fn serve_inner(ctx: &Rc<ShardCtx>, stream: &mut TcpStream, peer: SocketAdd
                     answered += 1;
                     let started = Instant::now();
                     ctx.inflight.set(ctx.inflight.get() + 1);
-                    let endpoint = api::route(req.method, &req.path);
+                    let endpoint = api::route(req.method, req.path);
                     let reply = dispatch(ctx, endpoint, &req, peer).await;
                     let shutting_down = ctx.shared.shutdown.load(Ordering::Relaxed);
                     let keep_alive = req.keep_alive && !shutting_down;
@@ -152,14 +152,14 @@ async fn serve_inner(ctx: &Rc<ShardCtx>, stream: &mut TcpStream, peer: SocketAdd
 async fn dispatch(
     ctx: &Rc<ShardCtx>,
     endpoint: Endpoint,
-    req: &request::Request,
+    req: &request::Request<'_>,
     peer: SocketAddr,
 ) -> Reply {
     match api::handle(endpoint, req, peer, &ctx.shared.node) {
         Action::Reply(r) => r,
         Action::Op(op, subscription) => {
             let cores = ctx.shared.inboxes.len();
-            let target = shard_of(&op.service().full_key(), cores);
+            let target = shard_of(op.service().full_key(), cores);
             if target == ctx.id {
                 return ctx.execute(op, subscription, now_ms());
             }

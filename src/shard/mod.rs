@@ -95,23 +95,33 @@ impl ShardCtx {
     /// borrow cannot span a suspension.
     pub fn execute(&self, op: Op, subscription: Option<Subscription>, now_ms: u64) -> Reply {
         let mut st = self.state.borrow_mut();
-        let key = op.service().full_key();
         if let Some(sub) = subscription {
             st.push.subscribe(op.service(), sub, now_ms);
         }
+        // Only services with subscribers need to hear of changes.
+        let key = st
+            .push
+            .has_subscribers()
+            .then(|| op.service().full_key().to_string());
         let applied = st.store.apply(op, now_ms);
-        if applied.changed {
+        if let (true, Some(key)) = (applied.changed, key) {
             st.push.changed(&key, now_ms);
         }
         self.publish_counts(&st);
         applied.reply
     }
 
+    /// Counts that change with every write (two relaxed stores).
     fn publish_counts(&self, st: &ShardState) {
         let c = st.store.counts();
         let s = self.stats();
         s.services.store(c.services as u64, Ordering::Relaxed);
         s.instances.store(c.instances as u64, Ordering::Relaxed);
+    }
+
+    /// Gauges that cost a walk; refreshed by the housekeeping tick.
+    fn publish_gauges(&self, st: &ShardState) {
+        let s = self.stats();
         s.timers_armed
             .store(st.store.timers_armed() as u64, Ordering::Relaxed);
         s.subscribers
@@ -342,6 +352,7 @@ async fn tick_loop(ctx: Rc<ShardCtx>, udp: Rc<UdpSocket>, canceller: monoio::io:
             s.pushes_sent.fetch_add(counts.sent, Ordering::Relaxed);
             s.push_retries.fetch_add(counts.retried, Ordering::Relaxed);
             ctx.publish_counts(st);
+            ctx.publish_gauges(st);
         }
         for d in out.drain(..) {
             let (res, _) = udp.send_to(d.payload, d.addr).await;

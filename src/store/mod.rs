@@ -134,15 +134,25 @@ pub struct Counts {
     pub instances: usize,
 }
 
+/// Hash maps keyed by names from the network: foldhash is several times
+/// faster than SipHash on short strings and is seeded per process.
+pub type Map<K, V> = HashMap<K, V, foldhash::fast::RandomState>;
+
 /// One shard's services.
 pub struct Store {
-    services: HashMap<Rc<str>, Service>,
+    services: Map<Rc<str>, Service>,
     timers: TimerWheel<(Rc<str>, Rc<str>)>,
     defaults: Timeouts,
     instances: usize,
 }
 
 fn beat_reply(code: u32, interval_ms: u64) -> Reply {
+    // The answer to nearly every beat: no formatting, no allocation.
+    if code == 10200 && interval_ms == 5_000 {
+        return Reply::json(Bytes::from_static(
+            br#"{"clientBeatInterval":5000,"code":10200,"lightBeatEnabled":true}"#,
+        ));
+    }
     let body = if code == 10200 {
         format!(r#"{{"clientBeatInterval":{interval_ms},"code":10200,"lightBeatEnabled":true}}"#)
     } else {
@@ -154,7 +164,7 @@ fn beat_reply(code: u32, interval_ms: u64) -> Reply {
 impl Store {
     pub fn new(defaults: Timeouts, expiry_tick_ms: u64, now_ms: u64) -> Store {
         Store {
-            services: HashMap::new(),
+            services: Map::default(),
             timers: TimerWheel::new(expiry_tick_ms, now_ms),
             defaults,
             instances: 0,
@@ -181,18 +191,18 @@ impl Store {
     pub fn service_names(&self, namespace: &str, group: &str) -> Vec<String> {
         self.services
             .values()
-            .filter(|s| s.id.namespace == namespace && s.id.group == group)
-            .map(|s| s.id.name.clone())
+            .filter(|s| s.id.namespace() == namespace && s.id.group() == group)
+            .map(|s| s.id.name().to_string())
             .collect()
     }
 
     fn service_mut(&mut self, id: &ServiceId, now_ms: u64) -> &mut Service {
         let key = id.full_key();
-        if !self.services.contains_key(key.as_str()) {
+        if !self.services.contains_key(key) {
             let s = Service::new(id.clone(), now_ms);
             self.services.insert(s.key.clone(), s);
         }
-        self.services.get_mut(key.as_str()).expect("inserted above")
+        self.services.get_mut(key).expect("inserted above")
     }
 
     /// Arms the instance's expiry timer if it needs one and has none.
@@ -244,7 +254,7 @@ impl Store {
         now_ms: u64,
     ) -> bool {
         let defaults = self.defaults;
-        let Some(s) = self.services.get_mut(svc.full_key().as_str()) else {
+        let Some(s) = self.services.get_mut(svc.full_key()) else {
             return false;
         };
         let svc_key = s.key.clone();
@@ -322,7 +332,7 @@ impl Store {
                 }
             }
             Op::Deregister { svc, addr } => {
-                let Some(s) = self.services.get_mut(svc.full_key().as_str()) else {
+                let Some(s) = self.services.get_mut(svc.full_key()) else {
                     return unchanged(Reply::ok());
                 };
                 if s.instances.remove(addr.key().as_str()).is_some() {
@@ -335,7 +345,7 @@ impl Store {
             Op::Beat { svc, addr, beat } => self.beat(svc, addr, beat, now_ms),
             Op::List { svc, variant } => {
                 let key = svc.full_key();
-                match self.services.get_mut(key.as_str()) {
+                match self.services.get_mut(key) {
                     Some(s) => {
                         if let Some(body) = s.cached_list(&variant) {
                             return unchanged(Reply::json(body));
@@ -350,7 +360,7 @@ impl Store {
             Op::GetInstance { svc, addr } => {
                 let found = self
                     .services
-                    .get(svc.full_key().as_str())
+                    .get(svc.full_key())
                     .and_then(|s| s.instances.get(addr.key().as_str()));
                 match found {
                     Some(inst) => unchanged(Reply::json(render::instance_json(&svc, inst))),
@@ -362,7 +372,7 @@ impl Store {
                 }
             }
             Op::CreateService { svc, change } => {
-                if self.services.contains_key(svc.full_key().as_str()) {
+                if self.services.contains_key(svc.full_key()) {
                     return unchanged(Reply::bad_request(format!(
                         "specified service already exists, serviceName : {}",
                         svc.grouped()
@@ -373,22 +383,20 @@ impl Store {
                 s.touch(now_ms);
                 changed(Reply::ok())
             }
-            Op::UpdateService { svc, change } => {
-                match self.services.get_mut(svc.full_key().as_str()) {
-                    Some(s) => {
-                        Self::set_service(s, change);
-                        s.touch(now_ms);
-                        changed(Reply::ok())
-                    }
-                    None => unchanged(Reply::not_found(format!(
-                        "service not found: {}",
-                        svc.grouped()
-                    ))),
+            Op::UpdateService { svc, change } => match self.services.get_mut(svc.full_key()) {
+                Some(s) => {
+                    Self::set_service(s, change);
+                    s.touch(now_ms);
+                    changed(Reply::ok())
                 }
-            }
+                None => unchanged(Reply::not_found(format!(
+                    "service not found: {}",
+                    svc.grouped()
+                ))),
+            },
             Op::DeleteService { svc } => {
                 let key = svc.full_key();
-                match self.services.get(key.as_str()) {
+                match self.services.get(key) {
                     None => unchanged(Reply::not_found(format!(
                         "service not found: {}",
                         svc.grouped()
@@ -398,12 +406,12 @@ impl Store {
                         svc.grouped()
                     ))),
                     Some(_) => {
-                        self.services.remove(key.as_str());
+                        self.services.remove(key);
                         changed(Reply::ok())
                     }
                 }
             }
-            Op::GetService { svc } => match self.services.get(svc.full_key().as_str()) {
+            Op::GetService { svc } => match self.services.get(svc.full_key()) {
                 Some(s) => unchanged(Reply::json(render::service_json(s))),
                 None => unchanged(Reply::not_found(format!(
                     "service not found: {}",
@@ -433,7 +441,7 @@ impl Store {
         now_ms: u64,
     ) -> Applied {
         let key = svc.full_key();
-        if let Some(s) = self.services.get_mut(key.as_str()) {
+        if let Some(s) = self.services.get_mut(key) {
             let svc_key = s.key.clone();
             if let Some(inst) = s.instances.get_mut(addr.key().as_str()) {
                 inst.last_beat_ms = now_ms;

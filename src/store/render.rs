@@ -106,9 +106,9 @@ pub fn list_json(
         reach = total > 0 && (healthy as f64 / total as f64) <= s.protect_threshold;
         for inst in picked {
             if reach {
-                hosts.push(host(inst, &grouped, true));
+                hosts.push(host(inst, grouped, true));
             } else if !variant.healthy_only || inst.healthy {
-                hosts.push(host(inst, &grouped, inst.healthy));
+                hosts.push(host(inst, grouped, inst.healthy));
             }
         }
     }
@@ -117,8 +117,8 @@ pub fn list_json(
         crate::shard::router::shard_hash(&format!("{}#{revision}", id.full_key()))
     );
     let list = List {
-        name: &grouped,
-        group_name: &id.group,
+        name: grouped,
+        group_name: id.group(),
         clusters: &variant.clusters,
         cache_millis: variant.cache_millis,
         last_ref_time: last_ref,
@@ -126,7 +126,7 @@ pub fn list_json(
         all_ips: false,
         reach_protection_threshold: reach,
         valid: true,
-        dom: &grouped,
+        dom: grouped,
         use_specified_url: false,
         env: "",
         metadata,
@@ -138,7 +138,7 @@ pub fn list_json(
 #[derive(Serialize)]
 #[serde(rename_all = "camelCase")]
 struct Detail<'a> {
-    service: String,
+    service: &'a str,
     ip: &'a str,
     port: u16,
     cluster_name: &'a str,
@@ -182,9 +182,9 @@ pub fn service_json(s: &Service) -> Vec<u8> {
         .map(|c| serde_json::json!({"name": c, "healthChecker": {"type": "TCP"}, "metadata": {}}))
         .collect();
     let v = serde_json::json!({
-        "namespaceId": s.id.namespace,
-        "groupName": s.id.group,
-        "name": s.id.name,
+        "namespaceId": s.id.namespace(),
+        "groupName": s.id.group(),
+        "name": s.id.name(),
         "protectThreshold": s.protect_threshold,
         "metadata": s.metadata,
         "selector": s.selector,

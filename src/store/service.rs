@@ -1,7 +1,6 @@
 //! A service: its own fields, its instances, and the cache of its rendered
 //! instance lists.
 
-use std::collections::HashMap;
 use std::rc::Rc;
 
 use bytes::Bytes;
@@ -11,23 +10,48 @@ use super::instance::{Instance, Metadata};
 /// Rendered list variants kept per service revision.
 pub const LIST_CACHE_ENTRIES_MAX: usize = 8;
 
-/// Names a service. `group` and `name` never contain `@@`.
+/// Names a service: one string `namespace##group@@name` and the offsets
+/// of its parts (one allocation; every shard lookup uses the whole key).
+/// `group` and `name` never contain `@@`.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct ServiceId {
-    pub namespace: String,
-    pub group: String,
-    pub name: String,
+    key: String,
+    /// Length of the namespace prefix.
+    namespace_len: usize,
+    /// Length of the group.
+    group_len: usize,
 }
 
 impl ServiceId {
+    pub fn new(namespace: &str, group: &str, name: &str) -> ServiceId {
+        ServiceId {
+            key: format!("{namespace}##{group}@@{name}"),
+            namespace_len: namespace.len(),
+            group_len: group.len(),
+        }
+    }
+
+    pub fn namespace(&self) -> &str {
+        &self.key[..self.namespace_len]
+    }
+
+    pub fn group(&self) -> &str {
+        let start = self.namespace_len + 2;
+        &self.key[start..start + self.group_len]
+    }
+
+    pub fn name(&self) -> &str {
+        &self.key[self.namespace_len + 2 + self.group_len + 2..]
+    }
+
     /// `group@@name`.
-    pub fn grouped(&self) -> String {
-        format!("{}@@{}", self.group, self.name)
+    pub fn grouped(&self) -> &str {
+        &self.key[self.namespace_len + 2..]
     }
 
     /// `namespace##group@@name`: the key a node stores the service under.
-    pub fn full_key(&self) -> String {
-        format!("{}##{}@@{}", self.namespace, self.group, self.name)
+    pub fn full_key(&self) -> &str {
+        &self.key
     }
 }
 
@@ -51,7 +75,7 @@ pub struct Service {
     /// The selector as given (a JSON object), `{"type":"none"}` by default.
     pub selector: serde_json::Value,
     /// Instances by `ip#port#cluster`.
-    pub instances: HashMap<Rc<str>, Instance>,
+    pub instances: super::Map<Rc<str>, Instance>,
     /// Bumped on every change that a list or a push can see.
     pub revision: u64,
     /// Time of the last change, strictly increasing; the list's `lastRefTime`.
@@ -69,7 +93,7 @@ impl Service {
             protect_threshold: 0.0,
             metadata: Metadata::new(),
             selector: serde_json::json!({"type": "none"}),
-            instances: HashMap::new(),
+            instances: super::Map::default(),
             revision: 0,
             modified_ms: now_ms,
             list_cache: Vec::new(),

@@ -1,11 +1,7 @@
 use super::*;
 
 fn svc(name: &str) -> ServiceId {
-    ServiceId {
-        namespace: "public".into(),
-        group: "DEFAULT_GROUP".into(),
-        name: name.into(),
-    }
+    ServiceId::new("public", "DEFAULT_GROUP", name)
 }
 
 fn addr(ip: &str, port: u16) -> InstanceAddr {
