@@ -1,6 +1,9 @@
 #!/usr/bin/env bash
-# Server CPU time per request for register, beat, list(10) and liveness,
-# read from /proc/PID/stat before and after a wrk run of fixed duration.
+# Server CPU time per request for liveness (our own floor), beat, list of
+# 10 instances, register (a new instance each time) and the list of one
+# service with 8,500 instances, read from /proc/PID/stat before and after a
+# wrk run of fixed duration. If nginx is installed, its static 200 is
+# measured the same way, in the same window, as the machine's floor.
 #
 #   bench/cpu_per_request.sh [CORES] [SECONDS] [CONNECTIONS]
 #
@@ -24,18 +27,49 @@ TCK=$(getconf CLK_TCK)
 # With one shard (pinned to core 0), keep wrk on the other core.
 WRK_PIN=""
 if [ "$CORES" = 1 ] && command -v taskset >/dev/null; then WRK_PIN="taskset -c 1"; fi
-cpu_ticks() { awk '{print $14, $15}' /proc/$PID/stat; }
-echo "| operation | requests | req/s | p50 | p99 | server CPU per request | of which user | of which kernel |"
-echo "|---|---|---|---|---|---|---|---|"
-for op in liveness beat list register; do
-  before=$(cpu_ticks)
-  out=$($WRK_PIN wrk -t1 -c"$CONNS" -d"${SECS}s" --latency -s bench/wrk/$op.lua "http://127.0.0.1:$PORT" 2>&1)
-  after=$(cpu_ticks)
+cpu_ticks() { awk '{print $14, $15}' /proc/$1/stat; }
+# run LABEL PID LUA URL [CONNECTIONS]
+run() {
+  local before after out reqs rps p50 p99 errs us
+  before=$(cpu_ticks "$2")
+  out=$($WRK_PIN wrk -t1 -c"${5:-$CONNS}" -d"${SECS}s" --latency -s "bench/wrk/$3.lua" "$4" 2>&1)
+  [ -n "${BENCH_DEBUG:-}" ] && echo "$out" >&2
+  after=$(cpu_ticks "$2")
   reqs=$(echo "$out" | awk '/requests in/ {print $1}')
   rps=$(echo "$out" | awk '/Requests\/sec/ {print $2}')
   p50=$(echo "$out" | awk '$1=="50%" {print $2}')
   p99=$(echo "$out" | awk '$1=="99%" {print $2}')
-  errs=$(echo "$out" | grep -E "Non-2xx|Socket errors" || true)
+  errs=$(echo "$out" | grep -E "Non-2xx|Socket errors" | tr -s ' ' || true)
   us=$(echo "$before $after" | awk -v tck="$TCK" -v n="$reqs" '{u = ($3 - $1) / tck * 1e6 / n; k = ($4 - $2) / tck * 1e6 / n; printf "%.2f us | %.2f us | %.2f us", u + k, u, k}')
-  echo "| $op | $reqs | $rps | $p50 | $p99 | $us |${errs:+ $errs}"
-done
+  echo "| $1 | $reqs | $rps | $p50 | $p99 | $us |${errs:+ $errs}"
+}
+echo "| operation | requests | req/s | p50 | p99 | server CPU per request | of which user | of which kernel |"
+echo "|---|---|---|---|---|---|---|---|"
+URL="http://127.0.0.1:$PORT"
+run liveness $PID liveness "$URL"
+run beat $PID beat "$URL"
+run "list (10 instances)" $PID list "$URL"
+run "register (new instance)" $PID register "$URL"
+run "list (8,500 instances)" $PID biglist "$URL" 8
+if command -v nginx >/dev/null; then
+  NGX=$(mktemp -d)
+  cat > "$NGX/nginx.conf" <<CONF
+worker_processes 1;
+daemon off;
+pid $NGX/nginx.pid;
+error_log $NGX/error.log;
+events { worker_connections 4096; }
+http {
+  access_log off;
+  keepalive_requests 100000000;
+  server { listen 127.0.0.1:$((PORT + 1)); location / { return 200 "OK"; } }
+}
+CONF
+  nginx -c "$NGX/nginx.conf" -p "$NGX" &
+  NGX_MASTER=$!
+  sleep 0.5
+  NGX_WORKER=$(pgrep -P "$NGX_MASTER" | head -1)
+  taskset -pc 0 "$NGX_WORKER" >/dev/null 2>&1 || true
+  run "nginx static 200 (floor)" "$NGX_WORKER" static "http://127.0.0.1:$((PORT + 1))"
+  kill "$NGX_MASTER"; wait "$NGX_MASTER" 2>/dev/null || true
+fi

@@ -234,3 +234,37 @@ fn head_has_no_body_and_http10_closes() {
     assert_eq!(text.matches("HTTP/1.1 200 OK").count(), 2, "{text}");
     assert!(text.ends_with("\r\n\r\nOK"), "{text}");
 }
+
+#[test]
+fn large_bodies_keep_pipeline_order() {
+    let n = Node::start(&["--cores", "2"]);
+    let mut s = n.connect();
+    for i in 0..400 {
+        send(
+            &mut s,
+            "POST",
+            &format!(
+                "{NS}/instance?serviceName=big&ip=10.9.{}.{}&port=1",
+                i / 200,
+                i % 200
+            ),
+            "",
+            &[],
+        );
+        assert_eq!(read_response(&mut s).unwrap().status, 200);
+    }
+    // small, big (over 64 KiB: sent from the cached buffer), small, big.
+    let mut raw = String::new();
+    for _ in 0..2 {
+        raw.push_str("GET /nacos/v1/console/health/liveness HTTP/1.1\r\nHost: x\r\n\r\n");
+        raw.push_str("GET /nacos/v1/ns/instance/list?serviceName=big HTTP/1.1\r\nHost: x\r\n\r\n");
+    }
+    s.write_all(raw.as_bytes()).unwrap();
+    for _ in 0..2 {
+        let small = read_response(&mut s).unwrap();
+        assert_eq!(small.body, "OK");
+        let big = read_response(&mut s).unwrap();
+        assert!(big.body.len() > 64 * 1024, "{}", big.body.len());
+        assert_eq!(big.json()["hosts"].as_array().unwrap().len(), 400);
+    }
+}

@@ -21,6 +21,14 @@ pub fn reason(status: u16) -> &'static str {
 
 /// Appends a whole response to `out`. `head_only` drops the body (HEAD).
 pub fn write(out: &mut Vec<u8>, reply: &Reply, keep_alive: bool, head_only: bool) {
+    write_head(out, reply, keep_alive);
+    if !head_only {
+        out.extend_from_slice(&reply.body);
+    }
+}
+
+/// Appends the status line and headers only; the caller sends the body.
+pub fn write_head(out: &mut Vec<u8>, reply: &Reply, keep_alive: bool) {
     let content_type = if reply.json {
         "application/json;charset=UTF-8"
     } else {
@@ -40,7 +48,4 @@ pub fn write(out: &mut Vec<u8>, reply: &Reply, keep_alive: bool, head_only: bool
         out.extend_from_slice(b"\r\nConnection: close");
     }
     out.extend_from_slice(b"\r\n\r\n");
-    if !head_only {
-        out.extend_from_slice(&reply.body);
-    }
 }

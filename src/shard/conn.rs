@@ -21,6 +21,9 @@ use crate::reply::Reply;
 
 /// Requests answered before the connection's output is flushed.
 const PIPELINE_DEPTH_MAX: usize = 128;
+/// Bodies this large (a big service's cached list) go to the socket from
+/// their shared buffer instead of being copied into the output buffer.
+const ZERO_COPY_BODY_MIN_BYTES: usize = 64 * 1024;
 /// Read buffer grows by at least this much before a read.
 const READ_CHUNK_BYTES: usize = 16 * 1024;
 
@@ -82,7 +85,24 @@ async fn serve_inner(ctx: &Rc<ShardCtx>, stream: &mut TcpStream, peer: SocketAdd
                     let shutting_down = ctx.shared.shutdown.load(Ordering::Relaxed);
                     let keep_alive = req.keep_alive && !shutting_down;
                     let head = req.method == request::Method::Head;
-                    response::write(&mut out, &reply, keep_alive, head);
+                    if !head && reply.body.len() >= ZERO_COPY_BODY_MIN_BYTES {
+                        // Head (after any earlier pipelined answers), then
+                        // the cached body itself.
+                        response::write_head(&mut out, &reply, keep_alive);
+                        let (res, o) = stream.write_all(out).await;
+                        out = o;
+                        out.clear();
+                        let body_res = match res {
+                            Ok(_) => stream.write_all(reply.body.clone()).await.0,
+                            Err(e) => Err(e),
+                        };
+                        if body_res.is_err() {
+                            ctx.inflight.set(ctx.inflight.get() - 1);
+                            return;
+                        }
+                    } else {
+                        response::write(&mut out, &reply, keep_alive, head);
+                    }
                     ctx.inflight.set(ctx.inflight.get() - 1);
                     ctx.stats().record(
                         endpoint,

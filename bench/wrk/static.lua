@@ -1,0 +1,4 @@
+-- The floor server's static 200.
+request = function()
+  return wrk.format("GET", "/")
+end
