@@ -10,6 +10,6 @@ if [ ! -x .venv/bin/python ]; then
 fi
 .venv/bin/pip install --quiet --disable-pip-version-check -r tests/python/requirements.txt
 
-cargo build --locked
-cargo test --locked
+cargo build --locked --workspace
+cargo test --locked --workspace
 DR_BIN="$PWD/target/debug/distro-registry" .venv/bin/python -m pytest -q -p no:cacheprovider -W ignore::DeprecationWarning tests/python

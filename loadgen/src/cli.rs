@@ -1,0 +1,229 @@
+//! Command line, and the run from arguments to written reports.
+
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use clap::Parser;
+
+use crate::report::{self, Summary, TargetRun};
+use crate::run::{self, Progress, RunConfig};
+use crate::scenario::{self, Params};
+use crate::target::{parse_target, Target};
+
+/// Hard cap on any phase, whatever the counts say.
+const PHASE_SECONDS_MAX: u64 = 600;
+
+#[derive(Parser, Debug, Clone)]
+#[command(
+    name = "distro-loadgen",
+    version,
+    about = "Load generator for Nacos-compatible registries"
+)]
+pub struct Args {
+    /// Target URL (http://host:port); repeatable. `--label` and
+    /// `--server-pid` apply to the target before them.
+    #[arg(long = "target", required = true)]
+    pub targets: Vec<String>,
+    /// Name of the preceding target in reports.
+    #[arg(long = "label")]
+    pub labels: Vec<String>,
+    /// Server process of the preceding target: its CPU time is reported.
+    #[arg(long = "server-pid")]
+    pub server_pids: Vec<u32>,
+    /// burst | beat | query | storm | converge
+    #[arg(long)]
+    pub scenario: String,
+    /// Instances (burst, beat, storm, converge: how many; query: spread
+    /// over the services as fixtures).
+    #[arg(long, default_value_t = 1000)]
+    pub instances: usize,
+    #[arg(long, default_value_t = 100)]
+    pub services: usize,
+    /// Keep-alive connections per target.
+    #[arg(long, default_value_t = 64)]
+    pub connections: usize,
+    /// Duration of the beat, query and storm scenarios, seconds.
+    #[arg(long, default_value_t = 10)]
+    pub duration: u64,
+    /// Open loop at this many requests/s (latency from intended send time).
+    #[arg(long)]
+    pub rate: Option<f64>,
+    /// Worker threads, one runtime each (default: all cores).
+    #[arg(long)]
+    pub threads: Option<usize>,
+    /// Makes service names of one run distinct from another's.
+    #[arg(long, default_value_t = 1)]
+    pub seed: u64,
+    /// Directory for summary.json, .hgrm files and latency.svg.
+    #[arg(long)]
+    pub out: PathBuf,
+    /// Allow targets outside 127.0.0.0/8 and ::1.
+    #[arg(long)]
+    pub allow_remote: bool,
+    /// Per-request timeout, ms.
+    #[arg(long, default_value_t = 10_000)]
+    pub timeout_ms: u64,
+    /// Beat period of the beat scenario, ms.
+    #[arg(long, default_value_t = 5_000)]
+    pub beat_period_ms: u64,
+}
+
+/// Pairs each `--label` / `--server-pid` with the `--target` before it,
+/// walking the raw arguments in order and taking clap's parsed values in
+/// the same order.
+fn targets(args: &Args, raw: &[String]) -> Result<Vec<Target>, String> {
+    let mut out: Vec<Target> = Vec::new();
+    let (mut ti, mut li, mut pi) = (0, 0, 0);
+    for token in raw {
+        match token.split('=').next().unwrap_or("") {
+            "--target" => {
+                let url = &args.targets[ti];
+                ti += 1;
+                let addr = parse_target(url, args.allow_remote).map_err(|e| e.to_string())?;
+                out.push(Target {
+                    url: url.clone(),
+                    addr,
+                    label: format!("target{}", out.len() + 1),
+                    server_pid: None,
+                });
+            }
+            "--label" => {
+                let t = out.last_mut().ok_or("--label must follow a --target")?;
+                t.label = args.labels[li].clone();
+                li += 1;
+            }
+            "--server-pid" => {
+                let t = out
+                    .last_mut()
+                    .ok_or("--server-pid must follow a --target")?;
+                t.server_pid = Some(args.server_pids[pi]);
+                pi += 1;
+            }
+            _ => {}
+        }
+    }
+    Ok(out)
+}
+
+/// Runs the whole invocation: phases, table on stdout, files in `--out`.
+pub fn run(raw: Vec<String>) -> Result<Summary, String> {
+    let args = Args::try_parse_from(&raw).map_err(|e| e.to_string())?;
+    let targets = targets(&args, &raw[1..])?;
+    if args.connections == 0 || args.instances == 0 || args.services == 0 {
+        return Err("--connections, --instances and --services must be positive".into());
+    }
+    let params = Params {
+        instances: args.instances,
+        services: args.services,
+        duration: Duration::from_secs(args.duration),
+        rate: args.rate.filter(|r| *r > 0.0),
+        seed: args.seed,
+        beat_period: Duration::from_millis(args.beat_period_ms.max(1)),
+    };
+    let phases = scenario::phases(
+        &args.scenario,
+        &params,
+        Duration::from_secs(PHASE_SECONDS_MAX),
+    )?;
+    let config = RunConfig {
+        connections: args.connections,
+        threads: args.threads.unwrap_or_else(|| {
+            std::thread::available_parallelism()
+                .map(|n| n.get())
+                .unwrap_or(1)
+        }),
+        timeout: Duration::from_millis(args.timeout_ms),
+        poll_interval: Duration::from_millis(5),
+        converge_timeout: Duration::from_secs(10),
+    };
+    // Converge needs every target at once; the rest run target by target.
+    let groups: Vec<Vec<Target>> = if args.scenario == "converge" {
+        vec![targets.clone()]
+    } else {
+        targets.iter().map(|t| vec![t.clone()]).collect()
+    };
+    let mut runs = Vec::new();
+    for group in groups {
+        let addrs: Vec<_> = group.iter().map(|t| t.addr).collect();
+        let first = &group[0];
+        let mut results = Vec::new();
+        for phase in &phases {
+            let progress = Arc::new(Progress::default());
+            let done = Arc::new(AtomicBool::new(false));
+            let ticker = spawn_progress(
+                first.label.clone(),
+                phase.name,
+                phase.items,
+                progress.clone(),
+                done.clone(),
+            );
+            let r = run::run_phase(&addrs, first.server_pid, phase, &params, &config, progress);
+            done.store(true, Relaxed);
+            let _ = ticker.join();
+            results.push(r);
+        }
+        runs.push(TargetRun {
+            label: first.label.clone(),
+            url: first.url.clone(),
+            phases: results,
+        });
+    }
+    let summaries: Vec<_> = runs.iter().map(report::summarize).collect();
+    let comparison = report::compare(&summaries);
+    let summary = Summary {
+        schema: report::SCHEMA,
+        scenario: args.scenario.clone(),
+        settings: serde_json::json!({
+            "instances": args.instances,
+            "services": args.services,
+            "connections": args.connections,
+            "duration_s": args.duration,
+            "rate": args.rate,
+            "threads": config.threads,
+            "seed": args.seed,
+        }),
+        targets: summaries,
+        comparison,
+    };
+    print!("{}", report::table(&summary.targets, &summary.comparison));
+    report::write_all(&args.out, &summary, &runs)
+        .map_err(|e| format!("writing {}: {e}", args.out.display()))?;
+    Ok(summary)
+}
+
+/// A progress line on stderr, once a second, until `done`.
+fn spawn_progress(
+    label: String,
+    phase: &'static str,
+    items: usize,
+    progress: Arc<Progress>,
+    done: Arc<AtomicBool>,
+) -> std::thread::JoinHandle<()> {
+    std::thread::spawn(move || {
+        let start = Instant::now();
+        let total = if items == usize::MAX {
+            "-".to_string()
+        } else {
+            items.to_string()
+        };
+        while !done.load(Relaxed) {
+            std::thread::sleep(Duration::from_millis(100));
+            if start.elapsed().as_millis() % 1000 < 100 {
+                eprint!(
+                    "\r[{label} {phase}] {} requests (items {total}), {} errors, {:.0}s   ",
+                    progress.done.load(Relaxed),
+                    progress.errors.load(Relaxed),
+                    start.elapsed().as_secs_f64()
+                );
+            }
+        }
+        eprintln!(
+            "\r[{label} {phase}] {} requests, {} errors, {:.1}s          ",
+            progress.done.load(Relaxed),
+            progress.errors.load(Relaxed),
+            start.elapsed().as_secs_f64()
+        );
+    })
+}
