@@ -458,3 +458,34 @@ fn remote_targets_are_refused_without_allow_remote() {
     .unwrap();
     assert!(e.contains("unknown scenario"), "{e}");
 }
+
+#[test]
+fn storm_mixes_registers_beats_and_lists() {
+    let f = fake(Mode::Registry(Duration::ZERO));
+    let s = run(&[
+        "--target",
+        &format!("http://{}", f.addr),
+        "--scenario",
+        "storm",
+        "--instances",
+        "300",
+        "--services",
+        "10",
+        "--connections",
+        "8",
+        "--duration",
+        "30",
+        "--out",
+        out_dir("storm").to_str().unwrap(),
+    ]);
+    for name in ["register", "beat", "list"] {
+        let o = op(&s, 0, name);
+        assert_eq!(
+            (o.count, o.errors),
+            (300, 0),
+            "{name}: {:?}",
+            o.errors_by_kind
+        );
+    }
+    assert_eq!(f.registers.load(Relaxed), 300);
+}
