@@ -39,28 +39,10 @@ RN_DIR=$(mktemp -d)
   RNACOS_HTTP_WORKERS=$CORES RNACOS_DATA_DIR="$RN_DIR/db" exec "$OLDPWD/bench/.peers/bin/rnacos" ) >"$RN_DIR/log" 2>&1 &
 RN_PID=$!; PIDS+=($RN_PID)
 if command -v nginx >/dev/null; then
-  NGX=$(mktemp -d)
-  cat > "$NGX/nginx.conf" <<CONF
-worker_processes 1;
-daemon off;
-pid $NGX/nginx.pid;
-error_log $NGX/error.log;
-events { worker_connections 4096; }
-http {
-  access_log off;
-  keepalive_requests 100000000;
-  server {
-    listen 127.0.0.1:$FLOOR_PORT;
-    location /nacos/v1/ns/instance/beat { return 200 '{"clientBeatInterval":5000,"code":10200,"lightBeatEnabled":true}'; }
-    location /nacos/v1/ns/instance/list { return 200 '{"hosts":[]}'; }
-    location / { return 200 'ok'; }
-  }
-}
-CONF
-  nginx -c "$NGX/nginx.conf" -p "$NGX" &
-  FLOOR_MASTER=$!; PIDS+=($FLOOR_MASTER)
-  wait_http $FLOOR_PORT
-  FLOOR_PID=$(pgrep -P "$FLOOR_MASTER" | head -1)
+  # shellcheck source=bench/floor.sh
+  . bench/floor.sh
+  start_nginx_floor $FLOOR_PORT
+  PIDS+=($FLOOR_MASTER)
   FLOOR_NAME="nginx"
 else
   target/release/examples/floor 127.0.0.1:$FLOOR_PORT &

@@ -52,24 +52,10 @@ run "list (10 instances)" $PID list "$URL"
 run "register (new instance)" $PID register "$URL"
 run "list (8,500 instances)" $PID biglist "$URL" 8
 if command -v nginx >/dev/null; then
-  NGX=$(mktemp -d)
-  cat > "$NGX/nginx.conf" <<CONF
-worker_processes 1;
-daemon off;
-pid $NGX/nginx.pid;
-error_log $NGX/error.log;
-events { worker_connections 4096; }
-http {
-  access_log off;
-  keepalive_requests 100000000;
-  server { listen 127.0.0.1:$((PORT + 1)); location / { return 200 "OK"; } }
-}
-CONF
-  nginx -c "$NGX/nginx.conf" -p "$NGX" &
-  NGX_MASTER=$!
-  sleep 0.5
-  NGX_WORKER=$(pgrep -P "$NGX_MASTER" | head -1)
-  taskset -pc 0 "$NGX_WORKER" >/dev/null 2>&1 || true
-  run "nginx static 200 (floor)" "$NGX_WORKER" static "http://127.0.0.1:$((PORT + 1))"
-  kill "$NGX_MASTER"; wait "$NGX_MASTER" 2>/dev/null || true
+  # shellcheck source=bench/floor.sh
+  . bench/floor.sh
+  start_nginx_floor $((PORT + 1))
+  taskset -pc 0 "$FLOOR_PID" >/dev/null 2>&1 || true
+  run "nginx static 200 (floor)" "$FLOOR_PID" static "http://127.0.0.1:$((PORT + 1))"
+  kill "$FLOOR_MASTER"; wait "$FLOOR_MASTER" 2>/dev/null || true
 fi
