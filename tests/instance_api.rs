@@ -434,3 +434,30 @@ fn services_spread_over_cores_answer_from_any_core() {
         .unwrap();
     assert!(cross > 0, "some requests must have crossed cores");
 }
+
+/// The Java 1.x client's shape: a form body with a charset in the content
+/// type, a grouped `serviceName` plus `groupName`, extra parameters the
+/// server ignores, and its User-Agent.
+#[test]
+fn java_client_request_shape() {
+    let n = Node::start(&[]);
+    let mut s = n.connect();
+    let body = "groupName=DEFAULT_GROUP&metadata=%7B%22preserved.register.source%22%3A%22SPRING_CLOUD%22%7D&namespaceId=public&port=8080&app=unknown&enable=true&healthy=true&clusterName=DEFAULT&ip=192.168.1.10&weight=1.0&ephemeral=true&serviceName=DEFAULT_GROUP%40%40order-service&encoding=UTF-8";
+    let raw = format!(
+        "POST /nacos/v1/ns/instance HTTP/1.1\r\nHost: x\r\nContent-Type: application/x-www-form-urlencoded;charset=UTF-8\r\nUser-Agent: Nacos-Java-Client:v1.4.1\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    std::io::Write::write_all(&mut s, raw.as_bytes()).unwrap();
+    let r = read_response(&mut s).unwrap();
+    assert_eq!((r.status, r.body.as_str()), (200, "ok"));
+    let h = hosts(
+        &n,
+        "serviceName=DEFAULT_GROUP%40%40order-service&groupName=DEFAULT_GROUP",
+    );
+    assert_eq!(h.len(), 1);
+    assert_eq!(
+        h[0]["metadata"]["preserved.register.source"],
+        "SPRING_CLOUD"
+    );
+    assert_eq!(h[0]["serviceName"], "DEFAULT_GROUP@@order-service");
+}
