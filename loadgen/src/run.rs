@@ -361,17 +361,18 @@ async fn converge(
     );
 }
 
-/// Whether a list JSON contains `ip:port`.
+/// Whether a list JSON contains `ip:port` (other fields are skipped).
 fn lists(body: &[u8], ip: &str, port: u16) -> bool {
-    let Ok(v) = serde_json::from_slice::<serde_json::Value>(body) else {
-        return false;
-    };
-    v.get("hosts")
-        .and_then(|h| h.as_array())
-        .is_some_and(|hosts| {
-            hosts.iter().any(|h| {
-                h.get("ip").and_then(|x| x.as_str()) == Some(ip)
-                    && h.get("port").and_then(|x| x.as_u64()) == Some(u64::from(port))
-            })
-        })
+    #[derive(serde::Deserialize)]
+    struct Host {
+        ip: String,
+        port: u16,
+    }
+    #[derive(serde::Deserialize)]
+    struct Hosts {
+        hosts: Vec<Host>,
+    }
+    serde_json::from_slice::<Hosts>(body)
+        .map(|l| l.hosts.iter().any(|h| h.ip == ip && h.port == port))
+        .unwrap_or(false)
 }
