@@ -43,11 +43,18 @@ pub fn service_id(p: &Params) -> Checked<ServiceId> {
         Some((g, n)) => (g, n),
         None => (p.get("groupName").unwrap_or(DEFAULT_GROUP), raw),
     };
-    let grouped = format!("{group}@@{name}");
-    if group.is_empty() || name.is_empty() || name.contains("@@") || !chars_ok(&grouped, b"@.:_-") {
+    // The grouped name must match [0-9a-zA-Z@.:_-]+ with a non-empty group
+    // and name; checking the parts avoids building it on the hot path.
+    if group.is_empty()
+        || name.is_empty()
+        || name.contains("@@")
+        || group.contains("@@")
+        || !chars_ok(group, b"@.:_-")
+        || !chars_ok(name, b"@.:_-")
+    {
         return Err(invalid(
             "serviceName",
-            &grouped,
+            &format!("{group}@@{name}"),
             "a grouped name must match [0-9a-zA-Z@.:_-]+ with a non-empty group and name",
         ));
     }
@@ -198,6 +205,11 @@ mod tests {
         assert_eq!(s.full_key(), "public##DEFAULT_GROUP@@svc");
         assert!(service_id(&params("serviceName=bad%20name")).is_err());
         assert!(service_id(&params("serviceName=%40%40x")).is_err());
+        assert!(service_id(&params("serviceName=a%40%40b%40%40c")).is_err());
+        assert!(
+            service_id(&params("serviceName=svc&groupName=g%40%40x")).is_err(),
+            "a group with @@ would make the grouped name ambiguous"
+        );
         let e = service_id(&params("groupName=g")).unwrap_err();
         assert_eq!(e.body, "Param 'serviceName' is required.");
     }
