@@ -1,5 +1,8 @@
-//! The Distro cluster protocol. For now only the ownership hash, which the
-//! standalone node already needs to prove that its internal sharding is
-//! independent of it (see `shard::router`).
+//! The Distro cluster protocol (docs/distro.md). Built so far: the
+//! ownership hash (which the standalone node already uses to prove that its
+//! internal sharding is independent of it, see `shard::router`), the hybrid
+//! logical clock and the versioned merge. All of it pure: no I/O, no clock.
 
 pub mod hash;
+pub mod hlc;
+pub mod merge;
