@@ -5,4 +5,5 @@
 
 pub mod hash;
 pub mod hlc;
+pub mod members;
 pub mod merge;

@@ -1,0 +1,237 @@
+//! Cluster membership (SPEC 4.1) as a state machine without I/O: the
+//! driver asks whom to report to next, tells it how the report went and
+//! which reports arrived, and reads the healthy list. Every change to the
+//! healthy list bumps `epoch`, which the driver broadcasts to the shards.
+
+use super::hash::owner_index;
+
+/// Failed reports in a row that turn SUSPICIOUS into DOWN.
+pub const FAILS_BEFORE_DOWN: u32 = 3;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum State {
+    Up,
+    Suspicious,
+    Down,
+}
+
+impl State {
+    pub fn name(self) -> &'static str {
+        match self {
+            State::Up => "UP",
+            State::Suspicious => "SUSPICIOUS",
+            State::Down => "DOWN",
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Member {
+    /// `ip:port`, as configured.
+    pub address: String,
+    pub state: State,
+    /// Failed reports in a row.
+    pub fail_count: u32,
+}
+
+#[derive(Debug, Clone)]
+pub struct Membership {
+    me: String,
+    /// Every member including this node, sorted by address string.
+    members: Vec<Member>,
+    /// Round-robin position over the other members.
+    cursor: usize,
+    /// Bumped whenever the healthy list changes.
+    epoch: u64,
+}
+
+impl Membership {
+    /// `peers` may or may not include `me`; duplicates are ignored. Every
+    /// member starts UP.
+    pub fn new(me: &str, peers: &[String]) -> Membership {
+        let mut all: Vec<String> = peers.to_vec();
+        all.push(me.to_string());
+        all.sort();
+        all.dedup();
+        Membership {
+            me: me.to_string(),
+            members: all
+                .into_iter()
+                .map(|address| Member {
+                    address,
+                    state: State::Up,
+                    fail_count: 0,
+                })
+                .collect(),
+            cursor: 0,
+            epoch: 1,
+        }
+    }
+
+    pub fn me(&self) -> &str {
+        &self.me
+    }
+
+    pub fn epoch(&self) -> u64 {
+        self.epoch
+    }
+
+    pub fn members(&self) -> &[Member] {
+        &self.members
+    }
+
+    /// UP or SUSPICIOUS members, sorted by address string.
+    pub fn healthy(&self) -> Vec<String> {
+        self.members
+            .iter()
+            .filter(|m| m.state != State::Down)
+            .map(|m| m.address.clone())
+            .collect()
+    }
+
+    /// The member that owns a grouped service name.
+    pub fn owner(&self, grouped_service: &str) -> String {
+        let healthy = self.healthy();
+        // This node is never DOWN in its own view, so the list is not empty.
+        healthy[owner_index(grouped_service, healthy.len())].clone()
+    }
+
+    /// The next member to report to (round robin over the others), if any.
+    pub fn next_report_target(&mut self) -> Option<String> {
+        let others: Vec<&Member> = self
+            .members
+            .iter()
+            .filter(|m| m.address != self.me)
+            .collect();
+        if others.is_empty() {
+            return None;
+        }
+        let t = others[self.cursor % others.len()].address.clone();
+        self.cursor = (self.cursor + 1) % others.len();
+        Some(t)
+    }
+
+    fn set(&mut self, address: &str, state: State, fail_count: u32) -> bool {
+        let before = self.healthy();
+        let Some(m) = self.members.iter_mut().find(|m| m.address == address) else {
+            return false;
+        };
+        if address == self.me {
+            return false;
+        }
+        m.state = state;
+        m.fail_count = fail_count;
+        let changed = self.healthy() != before;
+        if changed {
+            self.epoch += 1;
+        }
+        changed
+    }
+
+    /// Our report reached `target`. Returns whether the healthy list changed.
+    pub fn report_ok(&mut self, target: &str) -> bool {
+        self.set(target, State::Up, 0)
+    }
+
+    /// Our report to `target` failed; `refused` when the connection was
+    /// refused (nothing listens there).
+    pub fn report_failed(&mut self, target: &str, refused: bool) -> bool {
+        let Some(m) = self.members.iter().find(|m| m.address == target) else {
+            return false;
+        };
+        let fails = m.fail_count + 1;
+        let state = if refused || fails > FAILS_BEFORE_DOWN {
+            State::Down
+        } else {
+            State::Suspicious
+        };
+        self.set(target, state, fails)
+    }
+
+    /// A report from `from` arrived: it is UP.
+    pub fn report_received(&mut self, from: &str) -> bool {
+        self.set(from, State::Up, 0)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn three() -> Membership {
+        let peers: Vec<String> = ["127.0.0.1:8849", "127.0.0.1:8848", "127.0.0.1:8850"]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
+        Membership::new("127.0.0.1:8848", &peers)
+    }
+
+    #[test]
+    fn reports_go_round_robin_to_the_others() {
+        let mut m = three();
+        let targets: Vec<_> = (0..4).map(|_| m.next_report_target().unwrap()).collect();
+        assert_eq!(
+            targets,
+            [
+                "127.0.0.1:8849",
+                "127.0.0.1:8850",
+                "127.0.0.1:8849",
+                "127.0.0.1:8850"
+            ]
+        );
+        assert_eq!(
+            Membership::new("a:1", &[]).next_report_target(),
+            None,
+            "standalone"
+        );
+    }
+
+    #[test]
+    fn failures_make_suspicious_then_down_and_success_or_a_report_revives() {
+        let mut m = three();
+        let e0 = m.epoch();
+        assert!(
+            !m.report_failed("127.0.0.1:8849", false),
+            "SUSPICIOUS is still healthy"
+        );
+        assert_eq!(m.members()[1].state, State::Suspicious);
+        for _ in 0..2 {
+            m.report_failed("127.0.0.1:8849", false);
+        }
+        assert_eq!(
+            m.members()[1].state,
+            State::Suspicious,
+            "3 failures: still suspicious"
+        );
+        assert!(
+            m.report_failed("127.0.0.1:8849", false),
+            "the 4th in a row: DOWN"
+        );
+        assert_eq!(m.healthy(), ["127.0.0.1:8848", "127.0.0.1:8850"]);
+        assert!(m.epoch() > e0);
+        assert!(m.report_received("127.0.0.1:8849"));
+        assert_eq!(m.healthy().len(), 3);
+        assert!(
+            m.report_failed("127.0.0.1:8850", true),
+            "a refused connection: DOWN at once"
+        );
+        assert!(m.report_ok("127.0.0.1:8850"));
+        assert!(
+            !m.report_failed("127.0.0.1:8848", true),
+            "never marks itself down"
+        );
+        assert_eq!(m.healthy().len(), 3);
+    }
+
+    #[test]
+    fn ownership_follows_the_sorted_healthy_list() {
+        let mut m = three();
+        // SPEC vectors, modulo 3 over the sorted list.
+        assert_eq!(m.owner("DEFAULT_GROUP@@nacos.test.1"), "127.0.0.1:8848");
+        assert_eq!(m.owner("DEFAULT_GROUP@@svc"), "127.0.0.1:8850");
+        assert_eq!(m.owner("DEFAULT_GROUP@@order-service"), "127.0.0.1:8849");
+        m.report_failed("127.0.0.1:8850", true);
+        let owner = m.owner("DEFAULT_GROUP@@svc");
+        assert_ne!(owner, "127.0.0.1:8850", "a DOWN member owns nothing");
+    }
+}
