@@ -7,3 +7,4 @@ pub mod hash;
 pub mod hlc;
 pub mod members;
 pub mod merge;
+pub mod tasks;
