@@ -170,9 +170,6 @@ pub fn run_phase(
         config: config.clone(),
     });
     let threads = config.threads.clamp(1, config.connections.max(1));
-    let cpus = std::thread::available_parallelism()
-        .map(|n| n.get())
-        .unwrap_or(1);
     let handles: Vec<_> = (0..threads)
         .map(|t| {
             let shared = shared.clone();
@@ -180,12 +177,13 @@ pub fn run_phase(
             std::thread::Builder::new()
                 .name(format!("loadgen-{t}"))
                 .spawn(move || {
-                    let _ = monoio::utils::bind_to_cpu_set([t % cpus]);
-                    let mut rt = monoio::RuntimeBuilder::<monoio::FusionDriver>::new()
-                        .enable_timer()
-                        .build()
-                        .expect("monoio runtime");
-                    rt.block_on(thread_main(t, threads, shared, targets))
+                    let _ = distro_registry::shard::runtime::pin_to_allowed_cpu(t);
+                    distro_registry::shard::runtime::block_on(
+                        thread_main(t, threads, shared, targets),
+                        |_| {},
+                        |_, _| {},
+                    )
+                    .expect("no monoio runtime could start")
                 })
                 .expect("spawn loadgen thread")
         })

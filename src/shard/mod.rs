@@ -6,6 +6,7 @@
 pub mod conn;
 pub mod inbox;
 pub mod router;
+pub mod runtime;
 
 use std::cell::{Cell, RefCell};
 use std::net::SocketAddr;
@@ -158,59 +159,19 @@ pub fn run(
     rx: Receiver<ShardMsg>,
     listener: std::net::TcpListener,
 ) {
-    let cpus = std::thread::available_parallelism()
-        .map(|n| n.get())
-        .unwrap_or(1);
-    if let Err(e) = monoio::utils::bind_to_cpu_set([id % cpus]) {
-        tracing::warn!(shard = id, error = %e, "could not pin shard to its core");
+    match runtime::pin_to_allowed_cpu(id) {
+        Some(cpu) => tracing::debug!(shard = id, cpu, "shard pinned"),
+        None => tracing::warn!(shard = id, "could not pin shard to a core"),
     }
     let fut = shard_main(id, shared, rx, listener);
-    let force_legacy = std::env::var_os("MONOIO_FORCE_LEGACY_DRIVER").is_some();
-    if !force_legacy {
-        let mut flags = io_uring::IoUring::builder();
-        flags.setup_coop_taskrun().setup_single_issuer();
-        match monoio::RuntimeBuilder::<monoio::IoUringDriver>::new()
-            .enable_timer()
-            .uring_builder(flags)
-            .build()
-        {
-            Ok(mut rt) => {
-                tracing::info!(
-                    shard = id,
-                    driver = "io_uring (COOP_TASKRUN, SINGLE_ISSUER)",
-                    "shard started"
-                );
-                return rt.block_on(fut);
-            }
-            Err(e) => {
-                tracing::warn!(shard = id, error = %e, "io_uring with flags refused, retrying without")
-            }
-        }
-        match monoio::RuntimeBuilder::<monoio::IoUringDriver>::new()
-            .enable_timer()
-            .build()
-        {
-            Ok(mut rt) => {
-                tracing::info!(shard = id, driver = "io_uring", "shard started");
-                return rt.block_on(fut);
-            }
-            Err(e) => {
-                tracing::warn!(shard = id, error = %e, "io_uring unavailable, falling back to epoll")
-            }
-        }
-    }
-    match monoio::RuntimeBuilder::<monoio::LegacyDriver>::new()
-        .enable_timer()
-        .build()
-    {
-        Ok(mut rt) => {
-            tracing::info!(shard = id, driver = "epoll (legacy)", "shard started");
-            rt.block_on(fut)
-        }
-        Err(e) => {
-            tracing::error!(shard = id, error = %e, "no runtime could start");
-            shared_shutdown_on_failure();
-        }
+    let result = runtime::block_on(
+        fut,
+        |driver| tracing::info!(shard = id, driver, "shard started"),
+        |driver, e| tracing::warn!(shard = id, driver, error = %e, "runtime refused, trying the next driver"),
+    );
+    if let Err(e) = result {
+        tracing::error!(shard = id, error = %e, "no runtime could start");
+        shared_shutdown_on_failure();
     }
 }
 

@@ -1,0 +1,69 @@
+//! Building a thread's monoio runtime: io_uring with COOP_TASKRUN and
+//! SINGLE_ISSUER (measured faster than monoio's flagless default and than
+//! epoll, `shared/STACK.md`), io_uring without flags if the kernel refuses
+//! them, epoll where io_uring is unavailable or `MONOIO_FORCE_LEGACY_DRIVER`
+//! is set. Used by the shards and by distro-loadgen's workers.
+
+use std::future::Future;
+
+/// Which driver a runtime got.
+pub const DRIVER_URING_FLAGS: &str = "io_uring (COOP_TASKRUN, SINGLE_ISSUER)";
+pub const DRIVER_URING: &str = "io_uring";
+pub const DRIVER_EPOLL: &str = "epoll (legacy)";
+
+/// Runs `fut` to completion on the best runtime this thread can have.
+/// `started(driver)` is called once the runtime exists, before `fut` runs;
+/// `refused(driver, error)` for each driver that could not be built.
+pub fn block_on<F: Future>(
+    fut: F,
+    started: impl FnOnce(&'static str),
+    mut refused: impl FnMut(&'static str, std::io::Error),
+) -> std::io::Result<F::Output> {
+    if std::env::var_os("MONOIO_FORCE_LEGACY_DRIVER").is_none() {
+        let mut flags = io_uring::IoUring::builder();
+        flags.setup_coop_taskrun().setup_single_issuer();
+        match monoio::RuntimeBuilder::<monoio::IoUringDriver>::new()
+            .enable_timer()
+            .uring_builder(flags)
+            .build()
+        {
+            Ok(mut rt) => {
+                started(DRIVER_URING_FLAGS);
+                return Ok(rt.block_on(fut));
+            }
+            Err(e) => refused(DRIVER_URING_FLAGS, e),
+        }
+        match monoio::RuntimeBuilder::<monoio::IoUringDriver>::new()
+            .enable_timer()
+            .build()
+        {
+            Ok(mut rt) => {
+                started(DRIVER_URING);
+                return Ok(rt.block_on(fut));
+            }
+            Err(e) => refused(DRIVER_URING, e),
+        }
+    }
+    let mut rt = monoio::RuntimeBuilder::<monoio::LegacyDriver>::new()
+        .enable_timer()
+        .build()?;
+    started(DRIVER_EPOLL);
+    Ok(rt.block_on(fut))
+}
+
+/// Pins the calling thread to the `n`-th CPU (modulo their number) of the
+/// CPUs this process may run on, so that `taskset` and cgroup limits are
+/// respected. Returns the CPU chosen.
+pub fn pin_to_allowed_cpu(n: usize) -> Option<usize> {
+    use nix::sched::{sched_getaffinity, sched_setaffinity, CpuSet};
+    use nix::unistd::Pid;
+    let allowed = sched_getaffinity(Pid::from_raw(0)).ok()?;
+    let cpus: Vec<usize> = (0..CpuSet::count())
+        .filter(|c| allowed.is_set(*c).unwrap_or(false))
+        .collect();
+    let cpu = *cpus.get(n % cpus.len().max(1))?;
+    let mut one = CpuSet::new();
+    one.set(cpu).ok()?;
+    sched_setaffinity(Pid::from_raw(0), &one).ok()?;
+    Some(cpu)
+}
