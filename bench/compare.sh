@@ -20,6 +20,10 @@ if [ "$SCENARIO" = all ]; then
 fi
 DR_PORT=18848 RN_PORT=18948 FLOOR_PORT=18850
 CORES=${CORES:-1}
+# Each server runs on SERVER_CPUS, the generator (one thread) on LOADGEN_CPUS.
+SERVER_CPUS=${SERVER_CPUS:-0}
+LOADGEN_CPUS=${LOADGEN_CPUS:-1}
+ON_SERVER="taskset -c $SERVER_CPUS"
 
 cargo build --release --quiet -p distro-registry -p distro-loadgen --example floor
 if [ ! -x bench/.peers/bin/rnacos ]; then
@@ -32,20 +36,21 @@ cleanup() { for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done; wait 
 trap cleanup EXIT
 wait_http() { for _ in $(seq 100); do curl -s -o /dev/null "http://127.0.0.1:$1/" && return 0; sleep 0.1; done; echo "port $1 did not come up" >&2; return 1; }
 
-target/release/distro-registry --bind 127.0.0.1:$DR_PORT --cores "$CORES" --log-level warn &
+$ON_SERVER target/release/distro-registry --bind 127.0.0.1:$DR_PORT --cores "$CORES" --log-level warn &
 DR_PID=$!; PIDS+=($DR_PID)
 RN_DIR=$(mktemp -d)
 ( cd "$RN_DIR" && RNACOS_HTTP_PORT=$RN_PORT RNACOS_GRPC_PORT=$((RN_PORT + 1000)) RNACOS_HTTP_CONSOLE_PORT=0 \
-  RNACOS_HTTP_WORKERS=$CORES RNACOS_DATA_DIR="$RN_DIR/db" exec "$OLDPWD/bench/.peers/bin/rnacos" ) >"$RN_DIR/log" 2>&1 &
+  RNACOS_HTTP_WORKERS=$CORES RNACOS_DATA_DIR="$RN_DIR/db" exec $ON_SERVER "$OLDPWD/bench/.peers/bin/rnacos" ) >"$RN_DIR/log" 2>&1 &
 RN_PID=$!; PIDS+=($RN_PID)
 if command -v nginx >/dev/null; then
   # shellcheck source=bench/floor.sh
   . bench/floor.sh
   start_nginx_floor $FLOOR_PORT
   PIDS+=($FLOOR_MASTER)
+  taskset -pc "$SERVER_CPUS" "$FLOOR_PID" >/dev/null
   FLOOR_NAME="nginx"
 else
-  target/release/examples/floor 127.0.0.1:$FLOOR_PORT &
+  $ON_SERVER target/release/examples/floor 127.0.0.1:$FLOOR_PORT &
   FLOOR_PID=$!; PIDS+=($FLOOR_PID)
   FLOOR_NAME="floor"
 fi
@@ -60,7 +65,7 @@ case "$SCENARIO" in
 esac
 OUT=bench/results/tmp/$SCENARIO
 rm -rf "$OUT"; mkdir -p bench/results
-TABLE=$(target/release/distro-loadgen \
+TABLE=$(taskset -c "$LOADGEN_CPUS" target/release/distro-loadgen --threads 1 \
   --target http://127.0.0.1:$DR_PORT --label distro-registry --server-pid $DR_PID \
   --target http://127.0.0.1:$RN_PORT --label r-nacos --server-pid $RN_PID \
   --target http://127.0.0.1:$FLOOR_PORT --label "$FLOOR_NAME" --server-pid "$FLOOR_PID" \
@@ -70,7 +75,7 @@ cp "$OUT/latency.svg" "bench/results/$SCENARIO.svg"
 {
   echo "# $SCENARIO"
   echo
-  echo "Command: \`bench/compare.sh $SCENARIO $*\` (distro-registry --cores $CORES, r-nacos 0.8.8 with $CORES HTTP worker(s), floor: $FLOOR_NAME), $(date -u +%Y-%m-%d)."
+  echo "Command: \`bench/compare.sh $SCENARIO $*\` (distro-registry --cores $CORES, r-nacos 0.8.8 with $CORES HTTP worker(s), floor: $FLOOR_NAME; servers on CPU $SERVER_CPUS, distro-loadgen with one thread on CPU $LOADGEN_CPUS), $(date -u +%Y-%m-%d)."
   echo "loadgen flags: \`${ARGS[*]} $*\`"
   echo
   echo "The floor answers every request with a constant body and keeps no state, so its list checks fail by design."

@@ -86,6 +86,8 @@ struct PhaseShared {
     phase: Phase,
     params: Params,
     next: AtomicUsize,
+    /// Items actually sent (the counter above overshoots at the end).
+    started: AtomicUsize,
     start: Instant,
     deadline: Instant,
     progress: Arc<Progress>,
@@ -148,6 +150,27 @@ pub fn cpu_seconds(pid: u32) -> Option<f64> {
     Some((utime + stime) / 100.0)
 }
 
+/// How many of a paced phase's items fall due before `deadline` (0 for
+/// closed-loop phases, which have no schedule).
+pub fn scheduled_before(phase: &Phase, deadline: Duration) -> usize {
+    let limit_ms = deadline.as_secs_f64() * 1000.0;
+    let due = |k: usize| phase.pace.due_ms(k).map(|d| d < limit_ms);
+    if due(0).is_none() || phase.items == usize::MAX {
+        return 0;
+    }
+    // due_ms is non-decreasing in k: binary search for the first late item.
+    let (mut lo, mut hi) = (0usize, phase.items);
+    while lo < hi {
+        let mid = lo + (hi - lo) / 2;
+        if due(mid) == Some(true) {
+            lo = mid + 1;
+        } else {
+            hi = mid;
+        }
+    }
+    lo
+}
+
 /// Runs one phase against `targets` (converge uses them all; the other
 /// work uses the first).
 pub fn run_phase(
@@ -164,6 +187,7 @@ pub fn run_phase(
         phase: phase.clone(),
         params: params.clone(),
         next: AtomicUsize::new(0),
+        started: AtomicUsize::new(0),
         start,
         deadline: start + phase.deadline,
         progress,
@@ -197,6 +221,15 @@ pub fn run_phase(
     }
     let elapsed = start.elapsed();
     let cpu_after = server_pid.and_then(cpu_seconds);
+    // Paced items that fell due before the deadline but were never sent
+    // (the server was too slow to keep up) are errors, not silence.
+    let scheduled = scheduled_before(phase, phase.deadline);
+    let unsent = scheduled.saturating_sub(shared.started.load(Relaxed));
+    if unsent > 0 {
+        let op = phase.requests(params, 0)[0].op;
+        let e = ops.entry(op).or_insert_with(OpStats::new);
+        *e.errors.entry("not_sent".into()).or_default() += unsent as u64;
+    }
     PhaseResult {
         name: phase.name,
         measured: phase.measured,
@@ -282,6 +315,7 @@ async fn connection(shared: Arc<PhaseShared>, targets: Vec<SocketAddr>, stats: R
                 due
             }
         };
+        shared.started.fetch_add(1, Relaxed);
         match shared.phase.work {
             Work::Converge => converge(&shared, &mut conns, &stats, k, start).await,
             _ => {

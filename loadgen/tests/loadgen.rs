@@ -489,3 +489,60 @@ fn storm_mixes_registers_beats_and_lists() {
     }
     assert_eq!(f.registers.load(Relaxed), 300);
 }
+
+#[test]
+fn paced_items_a_slow_server_never_got_are_counted_as_not_sent() {
+    // One connection, and a server that takes 50 ms per answer: at 200/s
+    // for 1 s, most of the 200 scheduled beats cannot go out in time.
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = l.local_addr().unwrap();
+    std::thread::spawn(move || {
+        for mut s in l.incoming().flatten() {
+            std::thread::spawn(move || {
+                let mut buf = [0u8; 4096];
+                while let Ok(k) = s.read(&mut buf) {
+                    if k == 0 {
+                        break;
+                    }
+                    // Slow beats; setup and cleanup answer at once.
+                    let beat = buf[..k].starts_with(b"PUT /nacos/v1/ns/instance/beat");
+                    if beat {
+                        std::thread::sleep(Duration::from_millis(50));
+                    }
+                    let body = if beat { r#"{"code":10200}"# } else { "ok" };
+                    let _ = s.write_all(
+                        format!(
+                            "HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n{body}",
+                            body.len()
+                        )
+                        .as_bytes(),
+                    );
+                }
+            });
+        }
+    });
+    let s = run(&[
+        "--target",
+        &format!("http://{addr}"),
+        "--scenario",
+        "beat",
+        "--instances",
+        "200",
+        "--services",
+        "1",
+        "--connections",
+        "1",
+        "--duration",
+        "1",
+        "--beat-period-ms",
+        "1000",
+        "--timeout-ms",
+        "2000",
+        "--out",
+        out_dir("slow").to_str().unwrap(),
+    ]);
+    let b = op(&s, 0, "beat");
+    let not_sent = b.errors_by_kind.get("not_sent").copied().unwrap_or(0);
+    assert!(not_sent > 100, "{:?}", b.errors_by_kind);
+    assert_eq!(b.count, 200, "sent + not sent = scheduled: {b:?}");
+}
