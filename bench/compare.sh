@@ -25,7 +25,7 @@ SERVER_CPUS=${SERVER_CPUS:-0}
 LOADGEN_CPUS=${LOADGEN_CPUS:-1}
 ON_SERVER="taskset -c $SERVER_CPUS"
 
-cargo build --release --quiet -p distro-registry -p distro-loadgen --example floor
+cargo build --release --quiet -p distro-registry -p distro-loadgen --bins --example floor
 if [ ! -x bench/.peers/bin/rnacos ]; then
   echo "installing r-nacos 0.8.8 into bench/.peers (one time, several minutes)" >&2
   cargo install rnacos --version 0.8.8 --root bench/.peers --locked

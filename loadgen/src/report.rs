@@ -34,9 +34,11 @@ pub struct Latency {
 pub struct OpSummary {
     pub op: String,
     pub phase: String,
+    /// Requests made or scheduled: answered, failed, or `not_sent`.
     pub count: u64,
     pub errors: u64,
     pub errors_by_kind: BTreeMap<String, u64>,
+    /// Requests sent (not `not_sent`) per second of the phase.
     pub throughput_rps: f64,
     pub duration_s: f64,
     pub latency_ms: Latency,
@@ -99,7 +101,7 @@ pub fn latency(h: &Histogram<u64>) -> Latency {
 pub fn summarize(run: &TargetRun) -> TargetSummary {
     let mut ops = Vec::new();
     for phase in run.phases.iter().filter(|p| p.measured) {
-        let requests: u64 = phase.ops.values().map(OpStats::count).sum();
+        let requests: u64 = phase.ops.values().map(OpStats::sent).sum();
         let cpu = phase
             .server_cpu_s
             .filter(|_| requests > 0)
@@ -112,7 +114,7 @@ pub fn summarize(run: &TargetRun) -> TargetSummary {
                 count: stats.count(),
                 errors: stats.error_count(),
                 errors_by_kind: stats.errors.clone(),
-                throughput_rps: stats.count() as f64 / secs,
+                throughput_rps: stats.sent() as f64 / secs,
                 duration_s: secs,
                 latency_ms: latency(&stats.latency_us),
                 server_cpu_us_per_op: cpu,

@@ -40,6 +40,11 @@ impl OpStats {
         self.latency_us.len() + self.errors.values().sum::<u64>()
     }
 
+    /// Requests that went out (scheduled ones never sent excluded).
+    pub fn sent(&self) -> u64 {
+        self.count() - self.errors.get("not_sent").copied().unwrap_or(0)
+    }
+
     pub fn error_count(&self) -> u64 {
         self.errors.values().sum()
     }
