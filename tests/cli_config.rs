@@ -207,3 +207,51 @@ fn sigterm_stops_a_node_whose_stderr_reader_went_away() {
     }
     assert!(ok, "node did not exit 0 after SIGTERM with a broken stderr");
 }
+
+/// Shards pin themselves within the CPUs the process may use: under
+/// `taskset -c 1` the single shard runs on CPU 1, not on CPU 0.
+#[test]
+fn shards_pin_within_the_allowed_cpus() {
+    if std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1)
+        < 2
+    {
+        eprintln!("skipped: needs two CPUs");
+        return;
+    }
+    let child = Command::new("taskset")
+        .args([
+            "-c",
+            "1",
+            env!("CARGO_BIN_EXE_distro-registry"),
+            "--bind",
+            "127.0.0.1:0",
+            "--cores",
+            "1",
+        ])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("taskset (util-linux) runs the node");
+    let n = Node::attach(child);
+    let pid = n.child.id();
+    let mut shard_cpus = Vec::new();
+    for task in std::fs::read_dir(format!("/proc/{pid}/task"))
+        .unwrap()
+        .flatten()
+    {
+        let comm = std::fs::read_to_string(task.path().join("comm")).unwrap_or_default();
+        if comm.trim().starts_with("shard-") {
+            let status = std::fs::read_to_string(task.path().join("status")).unwrap();
+            let cpus = status
+                .lines()
+                .find(|l| l.starts_with("Cpus_allowed_list:"))
+                .map(|l| l.split(':').nth(1).unwrap().trim().to_string())
+                .unwrap();
+            shard_cpus.push(cpus);
+        }
+    }
+    assert_eq!(shard_cpus, vec!["1".to_string()]);
+    assert_eq!(n.get("/nacos/v1/console/health/liveness").status, 200);
+}
