@@ -69,23 +69,26 @@ impl TaskMap {
     /// delay. A pending entry keeps its (earlier) due time: that is the
     /// coalescing.
     pub fn mark(&mut self, service: &str, peers: &[String], now_ms: u64) {
+        let task = Task {
+            due_ms: now_ms + self.config.sync_delay_ms,
+            attempts: 0,
+        };
         for peer in peers {
-            let key = (service.to_string(), peer.clone());
-            if self.pending.contains_key(&key) {
-                continue;
-            }
-            if self.pending.len() >= self.config.entries_max {
-                self.dropped += 1;
-                continue;
-            }
-            self.pending.insert(
-                key,
-                Task {
-                    due_ms: now_ms + self.config.sync_delay_ms,
-                    attempts: 0,
-                },
-            );
+            self.add((service.to_string(), peer.clone()), task);
         }
+    }
+
+    /// Adds an entry unless one is pending (it keeps its earlier due time)
+    /// or the map is full (counted in `dropped`).
+    fn add(&mut self, key: (String, String), task: Task) {
+        if self.pending.contains_key(&key) {
+            return;
+        }
+        if self.pending.len() >= self.config.entries_max {
+            self.dropped += 1;
+            return;
+        }
+        self.pending.insert(key, task);
     }
 
     /// Takes every due entry, grouped per peer into batches of at most
@@ -124,22 +127,12 @@ impl TaskMap {
             .retry_base_ms
             .saturating_mul(1u64 << attempts.min(20))
             .min(self.config.retry_max_ms);
+        let task = Task {
+            due_ms: now_ms + backoff,
+            attempts: attempts + 1,
+        };
         for service in services {
-            let key = (service, peer.to_string());
-            if self.pending.contains_key(&key) {
-                continue;
-            }
-            if self.pending.len() >= self.config.entries_max {
-                self.dropped += 1;
-                continue;
-            }
-            self.pending.insert(
-                key,
-                Task {
-                    due_ms: now_ms + backoff,
-                    attempts: attempts + 1,
-                },
-            );
+            self.add((service, peer.to_string()), task);
         }
     }
 
