@@ -65,7 +65,19 @@ impl Hlc {
 /// The version of a record: when (HLC) and who (node and shard) wrote it.
 /// The derived order compares `hlc` first, then `writer`: a total order,
 /// so every node picks the same winner.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    PartialOrd,
+    Ord,
+    Hash,
+    Default,
+    serde::Serialize,
+    serde::Deserialize,
+)]
 pub struct Version {
     pub hlc: u64,
     pub writer: u32,

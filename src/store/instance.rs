@@ -91,4 +91,6 @@ pub struct Instance {
     pub timeouts: Timeouts,
     /// Whether an expiry timer is armed for this instance (at most one).
     pub timer_armed: bool,
+    /// Version of the last state change (not bumped by plain beats).
+    pub version: crate::distro::hlc::Version,
 }

@@ -4,16 +4,19 @@
 //! socket or knows about other shards. The shard that owns this `Store`
 //! is the only thread that ever touches it.
 
+pub mod datum;
 pub mod expiry;
 pub mod instance;
 pub mod render;
+pub mod replica;
 pub mod service;
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::rc::Rc;
 
 use bytes::Bytes;
 
+use crate::distro::hlc::{Hlc, Version};
 use crate::reply::Reply;
 use expiry::TimerWheel;
 use instance::{Instance, InstanceAddr, InstanceSpec, Metadata, Timeouts};
@@ -134,6 +137,9 @@ pub struct Counts {
     pub instances: usize,
 }
 
+/// Tombstones outlive the delete timeout by two verify rounds (5 s each).
+pub const TOMBSTONE_VERIFY_ROUNDS_MS: u64 = 2 * 5_000;
+
 /// Hash maps keyed by names from the network: foldhash is several times
 /// faster than SipHash on short strings and is seeded per process.
 pub type Map<K, V> = HashMap<K, V, foldhash::fast::RandomState>;
@@ -144,6 +150,18 @@ pub struct Store {
     timers: TimerWheel<(Rc<str>, Rc<str>)>,
     defaults: Timeouts,
     instances: usize,
+    /// Versions every state change; observes versions merged in.
+    clock: Hlc,
+    /// This node and shard, the tie-breaker of versions.
+    writer: u32,
+    /// How long tombstones are kept (docs/distro.md: two verify rounds
+    /// plus the delete timeout).
+    tombstone_ttl_ms: u64,
+    /// Tombstones in creation order, so in purge order (one TTL for all):
+    /// (purge at, service key, instance key or None for the service).
+    purges: VecDeque<(u64, Rc<str>, Option<Rc<str>>)>,
+    /// Deleted services: their id and the version of the delete.
+    service_tombstones: Map<Rc<str>, (ServiceId, Version)>,
 }
 
 fn beat_reply(code: u32, interval_ms: u64) -> Reply {
@@ -168,6 +186,66 @@ impl Store {
             timers: TimerWheel::new(expiry_tick_ms, now_ms),
             defaults,
             instances: 0,
+            clock: Hlc::default(),
+            writer: 0,
+            tombstone_ttl_ms: TOMBSTONE_VERIFY_ROUNDS_MS + defaults.delete_timeout_ms,
+            purges: VecDeque::new(),
+            service_tombstones: Map::default(),
+        }
+    }
+
+    /// Sets the writer id (node and shard) that versions carry.
+    pub fn set_writer(&mut self, writer: u32) {
+        self.writer = writer;
+    }
+
+    /// A new version for a local state change.
+    fn next_version(&mut self, now_ms: u64) -> Version {
+        Version {
+            hlc: self.clock.tick(now_ms),
+            writer: self.writer,
+        }
+    }
+
+    /// Replaces a deleted instance's record by a tombstone.
+    fn bury(&mut self, svc_key: &Rc<str>, inst_key: Rc<str>, now_ms: u64) {
+        let version = self.next_version(now_ms);
+        if let Some(s) = self.services.get_mut(svc_key) {
+            s.tombstones.insert(inst_key.clone(), version);
+            self.purges.push_back((
+                now_ms + self.tombstone_ttl_ms,
+                svc_key.clone(),
+                Some(inst_key),
+            ));
+        }
+    }
+
+    /// Tombstones (of instances and services) currently kept.
+    pub fn tombstones(&self) -> usize {
+        self.services
+            .values()
+            .map(|s| s.tombstones.len())
+            .sum::<usize>()
+            + self.service_tombstones.len()
+    }
+
+    /// Drops the tombstones older than the TTL. Cost: what is purged.
+    fn purge(&mut self, now_ms: u64) {
+        while let Some((at, _, _)) = self.purges.front() {
+            if *at > now_ms {
+                break;
+            }
+            let (_, svc_key, inst_key) = self.purges.pop_front().expect("front exists");
+            match inst_key {
+                Some(k) => {
+                    if let Some(s) = self.services.get_mut(&svc_key) {
+                        s.tombstones.remove(&k);
+                    }
+                }
+                None => {
+                    self.service_tombstones.remove(&svc_key);
+                }
+            }
         }
     }
 
@@ -217,6 +295,8 @@ impl Store {
     /// Inserts or replaces an instance.
     fn put(&mut self, svc: &ServiceId, spec: InstanceSpec, now_ms: u64) {
         let defaults = self.defaults;
+        let version = self.next_version(now_ms);
+        self.service_tombstones.remove(svc.full_key());
         let s = self.service_mut(svc, now_ms);
         let key = spec.addr.key();
         let timeouts = defaults.for_metadata(&spec.metadata);
@@ -236,10 +316,12 @@ impl Store {
             last_beat_ms: now_ms,
             timeouts,
             timer_armed,
+            version,
         };
         let svc_key = s.key.clone();
         Self::arm(&mut self.timers, &svc_key, &mut inst);
         let s = self.services.get_mut(&*svc_key).expect("exists");
+        s.tombstones.remove(&inst.key);
         if s.instances.insert(inst.key.clone(), inst).is_none() {
             self.instances += 1;
         }
@@ -254,6 +336,10 @@ impl Store {
         now_ms: u64,
     ) -> bool {
         let defaults = self.defaults;
+        let version = Version {
+            hlc: self.clock.tick(now_ms),
+            writer: self.writer,
+        };
         let Some(s) = self.services.get_mut(svc.full_key()) else {
             return false;
         };
@@ -261,6 +347,7 @@ impl Store {
         let Some(inst) = s.instances.get_mut(addr.key().as_str()) else {
             return false;
         };
+        inst.version = version;
         if let Some(w) = change.weight {
             inst.weight = w;
         }
@@ -335,9 +422,11 @@ impl Store {
                 let Some(s) = self.services.get_mut(svc.full_key()) else {
                     return unchanged(Reply::ok());
                 };
-                if s.instances.remove(addr.key().as_str()).is_some() {
+                if let Some(inst) = s.instances.remove(addr.key().as_str()) {
                     self.instances -= 1;
                     s.touch(now_ms);
+                    let svc_key = s.key.clone();
+                    self.bury(&svc_key, inst.key, now_ms);
                     return changed(Reply::ok());
                 }
                 unchanged(Reply::ok())
@@ -378,14 +467,21 @@ impl Store {
                         svc.grouped()
                     )));
                 }
+                let version = self.next_version(now_ms);
+                self.service_tombstones.remove(svc.full_key());
                 let s = self.service_mut(&svc, now_ms);
                 Self::set_service(s, change);
+                s.fields_version = version;
                 s.touch(now_ms);
                 changed(Reply::ok())
             }
             Op::UpdateService { svc, change } => match self.services.get_mut(svc.full_key()) {
                 Some(s) => {
                     Self::set_service(s, change);
+                    s.fields_version = Version {
+                        hlc: self.clock.tick(now_ms),
+                        writer: self.writer,
+                    };
                     s.touch(now_ms);
                     changed(Reply::ok())
                 }
@@ -406,7 +502,15 @@ impl Store {
                         svc.grouped()
                     ))),
                     Some(_) => {
-                        self.services.remove(key);
+                        // The service's instance tombstones go with it: the
+                        // service tombstone is newer than all of them.
+                        let version = self.next_version(now_ms);
+                        if let Some(gone) = self.services.remove(key) {
+                            self.service_tombstones
+                                .insert(gone.key.clone(), (gone.id, version));
+                            self.purges
+                                .push_back((now_ms + self.tombstone_ttl_ms, gone.key, None));
+                        }
                         changed(Reply::ok())
                     }
                 }
@@ -450,6 +554,10 @@ impl Store {
                 let revived = !inst.healthy;
                 if revived {
                     inst.healthy = true;
+                    inst.version = Version {
+                        hlc: self.clock.tick(now_ms),
+                        writer: self.writer,
+                    };
                     s.touch(now_ms);
                 }
                 return Applied {
@@ -486,6 +594,7 @@ impl Store {
     /// unhealthy timeout turn unhealthy, past their delete timeout are
     /// removed. Pushes the keys of the services that changed.
     pub fn expire(&mut self, now_ms: u64, changed: &mut Vec<Rc<str>>) {
+        self.purge(now_ms);
         let mut due = Vec::new();
         self.timers.advance(now_ms, |_, v| due.push(v));
         for (svc_key, inst_key) in due {
@@ -506,6 +615,7 @@ impl Store {
                 s.instances.remove(&inst_key);
                 self.instances -= 1;
                 s.touch(now_ms);
+                self.bury(&svc_key, inst_key, now_ms);
                 changed.push(svc_key);
                 continue;
             }
@@ -519,6 +629,10 @@ impl Store {
             if turn_unhealthy {
                 tracing::info!(service = %svc_key, instance = %inst_key, silent_ms, "instance unhealthy");
                 inst.healthy = false;
+                inst.version = Version {
+                    hlc: self.clock.tick(now_ms),
+                    writer: self.writer,
+                };
                 s.touch(now_ms);
                 changed.push(svc_key.clone());
             }

@@ -82,6 +82,10 @@ pub struct Service {
     pub modified_ms: u64,
     /// Rendered list bodies for the current revision.
     pub list_cache: Vec<(ListVariant, Bytes)>,
+    /// Version of `protect_threshold`, `metadata` and `selector`.
+    pub fields_version: crate::distro::hlc::Version,
+    /// Versions of deleted instances by key, kept until purged.
+    pub tombstones: super::Map<Rc<str>, crate::distro::hlc::Version>,
 }
 
 impl Service {
@@ -97,6 +101,8 @@ impl Service {
             revision: 0,
             modified_ms: now_ms,
             list_cache: Vec::new(),
+            fields_version: Default::default(),
+            tombstones: super::Map::default(),
         }
     }
 

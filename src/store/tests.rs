@@ -262,3 +262,203 @@ fn protect_threshold_returns_all_as_healthy() {
         .iter()
         .all(|h| h["healthy"] == true));
 }
+
+// --- replication: datums, versions, tombstones ---
+
+fn node(writer: u32) -> Store {
+    let mut s = store();
+    s.set_writer(writer);
+    s
+}
+
+fn ips(store: &mut Store, name: &str, now: u64) -> Vec<String> {
+    list(store, name, false, now)["hosts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|h| h["ip"].as_str().unwrap().to_string())
+        .collect()
+}
+
+fn sync(from: &Store, to: &mut Store, name: &str, now: u64) -> bool {
+    let d = from.datum(svc(name).full_key()).expect("datum");
+    // Through the wire format, as peers will exchange it.
+    let wire = serde_json::to_vec(&d).unwrap();
+    to.merge(serde_json::from_slice(&wire).unwrap(), now)
+}
+
+#[test]
+fn a_datum_carries_instances_to_a_replica_once() {
+    let (mut a, mut b) = (node(1), node(2));
+    a.apply(
+        Op::Register {
+            svc: svc("r"),
+            spec: spec("10.0.0.1", 80, &[("k", "v")]),
+        },
+        1_000,
+    );
+    assert!(sync(&a, &mut b, "r", 1_001));
+    assert_eq!(ips(&mut b, "r", 1_002), ["10.0.0.1"]);
+    assert_eq!(
+        list(&mut b, "r", false, 1_002)["hosts"][0]["metadata"]["k"],
+        "v"
+    );
+    assert!(
+        !sync(&a, &mut b, "r", 1_003),
+        "merging the same datum again changes nothing"
+    );
+    assert_eq!(a.datum(svc("r").full_key()), b.datum(svc("r").full_key()));
+}
+
+#[test]
+fn tombstones_delete_on_replicas_and_old_copies_do_not_resurrect() {
+    let (mut a, mut b) = (node(1), node(2));
+    a.apply(
+        Op::Register {
+            svc: svc("r"),
+            spec: spec("10.0.0.1", 80, &[]),
+        },
+        1_000,
+    );
+    let before_delete = a.datum(svc("r").full_key()).unwrap();
+    sync(&a, &mut b, "r", 1_001);
+    a.apply(
+        Op::Deregister {
+            svc: svc("r"),
+            addr: addr("10.0.0.1", 80),
+        },
+        2_000,
+    );
+    assert!(sync(&a, &mut b, "r", 2_001));
+    assert!(ips(&mut b, "r", 2_002).is_empty());
+    assert_eq!(b.counts().instances, 0);
+    assert!(
+        !b.merge(before_delete, 2_003),
+        "a stale copy must not bring it back"
+    );
+    assert!(ips(&mut b, "r", 2_004).is_empty());
+    // Registered again later: newer than the tombstone, so it comes back.
+    a.apply(
+        Op::Register {
+            svc: svc("r"),
+            spec: spec("10.0.0.1", 80, &[]),
+        },
+        3_000,
+    );
+    sync(&a, &mut b, "r", 3_001);
+    assert_eq!(ips(&mut b, "r", 3_002), ["10.0.0.1"]);
+}
+
+#[test]
+fn writes_on_both_sides_are_all_kept() {
+    let (mut a, mut b) = (node(1), node(2));
+    a.apply(
+        Op::Register {
+            svc: svc("p"),
+            spec: spec("10.0.0.1", 80, &[]),
+        },
+        1_000,
+    );
+    b.apply(
+        Op::Register {
+            svc: svc("p"),
+            spec: spec("10.0.0.2", 80, &[]),
+        },
+        1_000,
+    );
+    let da = a.datum(svc("p").full_key()).unwrap();
+    sync(&b, &mut a, "p", 1_001);
+    b.merge(da, 1_001);
+    assert_eq!(ips(&mut a, "p", 1_002), ["10.0.0.1", "10.0.0.2"]);
+    assert_eq!(
+        a.datum(svc("p").full_key()),
+        b.datum(svc("p").full_key()),
+        "replicas converge"
+    );
+}
+
+#[test]
+fn a_replica_orders_its_writes_after_what_it_merged() {
+    let (mut a, mut b) = (node(1), node(2));
+    // a's clock is 10 s ahead of b's.
+    a.apply(
+        Op::Register {
+            svc: svc("c"),
+            spec: spec("10.0.0.1", 80, &[]),
+        },
+        11_000,
+    );
+    sync(&a, &mut b, "c", 1_000);
+    // b deregisters with its slow clock: still newer than a's register.
+    b.apply(
+        Op::Deregister {
+            svc: svc("c"),
+            addr: addr("10.0.0.1", 80),
+        },
+        1_001,
+    );
+    assert!(sync(&b, &mut a, "c", 11_002));
+    assert!(
+        ips(&mut a, "c", 11_003).is_empty(),
+        "the later delete wins despite the clock skew"
+    );
+}
+
+#[test]
+fn tombstones_are_purged_after_their_ttl() {
+    let mut a = node(1);
+    a.apply(
+        Op::Register {
+            svc: svc("t"),
+            spec: spec("10.0.0.1", 80, &[]),
+        },
+        0,
+    );
+    a.apply(
+        Op::Deregister {
+            svc: svc("t"),
+            addr: addr("10.0.0.1", 80),
+        },
+        1_000,
+    );
+    assert_eq!(a.tombstones(), 1);
+    let ttl = TOMBSTONE_VERIFY_ROUNDS_MS + Timeouts::default().delete_timeout_ms;
+    let mut changed = Vec::new();
+    a.expire(1_000 + ttl - 1, &mut changed);
+    assert_eq!(a.tombstones(), 1, "kept for the whole TTL");
+    a.expire(1_000 + ttl, &mut changed);
+    assert_eq!(a.tombstones(), 0);
+}
+
+#[test]
+fn service_deletes_replicate_and_lose_to_later_writes() {
+    let (mut a, mut b) = (node(1), node(2));
+    let create = Op::CreateService {
+        svc: svc("s"),
+        change: ServiceChange {
+            protect_threshold: Some(0.5),
+            ..Default::default()
+        },
+    };
+    a.apply(create, 1_000);
+    sync(&a, &mut b, "s", 1_001);
+    assert!(b
+        .service(svc("s").full_key())
+        .is_some_and(|s| s.protect_threshold == 0.5));
+    a.apply(Op::DeleteService { svc: svc("s") }, 2_000);
+    assert!(sync(&a, &mut b, "s", 2_001));
+    assert!(b.service(svc("s").full_key()).is_none());
+    // A register after the delete (here on b) recreates the service there,
+    // and the old service tombstone from a does not remove it again.
+    b.apply(
+        Op::Register {
+            svc: svc("s"),
+            spec: spec("10.0.0.9", 80, &[]),
+        },
+        3_000,
+    );
+    let tomb = a.datum(svc("s").full_key()).unwrap();
+    assert!(tomb.deleted.is_some());
+    assert!(!b.merge(tomb, 3_001));
+    assert_eq!(ips(&mut b, "s", 3_002), ["10.0.0.9"]);
+}

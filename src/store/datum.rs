@@ -1,0 +1,60 @@
+//! A datum: one service's replicated state on the wire (SPEC 4.4): its
+//! fields with their version, every instance record with its version, and
+//! the tombstones of deleted instances (or of the service itself).
+
+use serde::{Deserialize, Serialize};
+
+use super::instance::Metadata;
+use crate::distro::hlc::Version;
+
+/// A service's own fields.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct FieldsRecord {
+    pub protect_threshold: f64,
+    pub metadata: Metadata,
+    pub selector: serde_json::Value,
+    pub version: Version,
+}
+
+/// An instance, or the tombstone of one (`deleted`, other fields empty).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct InstanceRecord {
+    /// `ip#port#cluster`.
+    pub key: String,
+    pub ip: String,
+    pub port: u16,
+    pub cluster: String,
+    pub weight: f64,
+    pub healthy: bool,
+    pub enabled: bool,
+    pub ephemeral: bool,
+    pub metadata: Metadata,
+    pub version: Version,
+    pub deleted: bool,
+}
+
+/// One service's replicated state.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Datum {
+    pub namespace: String,
+    pub group: String,
+    pub name: String,
+    pub fields: FieldsRecord,
+    /// The service was deleted at this version (a service tombstone).
+    pub deleted: Option<Version>,
+    /// Instances and instance tombstones, sorted by key.
+    pub instances: Vec<InstanceRecord>,
+}
+
+impl Datum {
+    /// Every version in the datum, for the receiving clock to observe.
+    pub fn max_version(&self) -> Version {
+        self.instances
+            .iter()
+            .map(|r| r.version)
+            .chain([self.fields.version])
+            .chain(self.deleted)
+            .max()
+            .unwrap_or_default()
+    }
+}

@@ -1,0 +1,204 @@
+//! A store's replicated state: exporting a service as a `Datum` and merging
+//! a peer's datum in (per record, the higher version wins; docs/distro.md).
+//! Pure like the rest of the store.
+
+use std::rc::Rc;
+
+use super::datum::{Datum, FieldsRecord, InstanceRecord};
+use super::instance::{Instance, InstanceAddr, Metadata};
+use super::service::{Service, ServiceId};
+use super::Store;
+use crate::distro::hlc::Version;
+
+fn record(i: &Instance) -> InstanceRecord {
+    InstanceRecord {
+        key: i.key.to_string(),
+        ip: i.addr.ip.clone(),
+        port: i.addr.port,
+        cluster: i.addr.cluster.clone(),
+        weight: i.weight,
+        healthy: i.healthy,
+        enabled: i.enabled,
+        ephemeral: i.ephemeral,
+        metadata: i.metadata.clone(),
+        version: i.version,
+        deleted: false,
+    }
+}
+
+fn tombstone(key: &str, version: Version) -> InstanceRecord {
+    InstanceRecord {
+        key: key.to_string(),
+        ip: String::new(),
+        port: 0,
+        cluster: String::new(),
+        weight: 0.0,
+        healthy: false,
+        enabled: false,
+        ephemeral: true,
+        metadata: Metadata::new(),
+        version,
+        deleted: true,
+    }
+}
+
+fn fields(s: &Service) -> FieldsRecord {
+    FieldsRecord {
+        protect_threshold: s.protect_threshold,
+        metadata: s.metadata.clone(),
+        selector: s.selector.clone(),
+        version: s.fields_version,
+    }
+}
+
+/// The newest version of anything a local service holds.
+fn newest(s: &Service) -> Version {
+    s.instances
+        .values()
+        .map(|i| i.version)
+        .chain(s.tombstones.values().copied())
+        .chain([s.fields_version])
+        .max()
+        .unwrap_or_default()
+}
+
+impl Store {
+    /// The replicated state of a service, or of its deletion; None when
+    /// this shard knows neither.
+    pub fn datum(&self, full_key: &str) -> Option<Datum> {
+        if let Some(s) = self.services.get(full_key) {
+            let mut instances: Vec<InstanceRecord> = s.instances.values().map(record).collect();
+            instances.extend(s.tombstones.iter().map(|(k, v)| tombstone(k, *v)));
+            instances.sort_by(|a, b| a.key.cmp(&b.key));
+            return Some(Datum {
+                namespace: s.id.namespace().to_string(),
+                group: s.id.group().to_string(),
+                name: s.id.name().to_string(),
+                fields: fields(s),
+                deleted: None,
+                instances,
+            });
+        }
+        let (id, version) = self.service_tombstones.get(full_key)?;
+        Some(Datum {
+            namespace: id.namespace().to_string(),
+            group: id.group().to_string(),
+            name: id.name().to_string(),
+            fields: FieldsRecord {
+                protect_threshold: 0.0,
+                metadata: Metadata::new(),
+                selector: serde_json::json!({"type": "none"}),
+                version: Version::default(),
+            },
+            deleted: Some(*version),
+            instances: Vec::new(),
+        })
+    }
+
+    /// Merges a peer's copy of a service. Returns whether anything a list
+    /// or a push can see changed.
+    pub fn merge(&mut self, d: Datum, now_ms: u64) -> bool {
+        self.clock.observe(d.max_version().hlc, now_ms);
+        let id = ServiceId::new(&d.namespace, &d.group, &d.name);
+        let key = id.full_key();
+        if let Some(deleted) = d.deleted {
+            return self.merge_service_delete(id, deleted, now_ms);
+        }
+        if let Some((_, tomb)) = self.service_tombstones.get(key) {
+            if d.max_version() <= *tomb {
+                return false; // everything in it predates the delete
+            }
+            self.service_tombstones.remove(key);
+        }
+        let defaults = self.defaults;
+        let ttl = self.tombstone_ttl_ms;
+        self.service_mut(&id, now_ms);
+        let Store {
+            services,
+            timers,
+            purges,
+            instances,
+            ..
+        } = self;
+        let s = services.get_mut(key).expect("created above");
+        let svc_key = s.key.clone();
+        let mut changed = false;
+        if d.fields.version > s.fields_version {
+            s.protect_threshold = d.fields.protect_threshold;
+            s.metadata = d.fields.metadata;
+            s.selector = d.fields.selector;
+            s.fields_version = d.fields.version;
+            changed = true;
+        }
+        for r in d.instances {
+            let local = s
+                .instances
+                .get(r.key.as_str())
+                .map(|i| i.version)
+                .or_else(|| s.tombstones.get(r.key.as_str()).copied());
+            if local.is_some_and(|v| v >= r.version) {
+                continue;
+            }
+            changed = true;
+            let inst_key: Rc<str> = Rc::from(r.key.as_str());
+            if r.deleted {
+                if s.instances.remove(&inst_key).is_some() {
+                    *instances -= 1;
+                }
+                s.tombstones.insert(inst_key.clone(), r.version);
+                purges.push_back((now_ms + ttl, svc_key.clone(), Some(inst_key)));
+                continue;
+            }
+            s.tombstones.remove(&inst_key);
+            let existing = s.instances.get(&inst_key);
+            let mut inst = Instance {
+                key: inst_key.clone(),
+                addr: InstanceAddr {
+                    ip: r.ip,
+                    port: r.port,
+                    cluster: r.cluster,
+                },
+                weight: r.weight,
+                healthy: r.healthy,
+                enabled: r.enabled,
+                ephemeral: r.ephemeral,
+                timeouts: defaults.for_metadata(&r.metadata),
+                metadata: r.metadata,
+                // A copy from a peer counts as heard from now; the owner
+                // decides expiry (docs/distro.md, ownership grace).
+                last_beat_ms: existing.map(|i| i.last_beat_ms).unwrap_or(now_ms),
+                timer_armed: existing.map(|i| i.timer_armed).unwrap_or(false),
+                version: r.version,
+            };
+            Store::arm(timers, &svc_key, &mut inst);
+            if s.instances.insert(inst_key, inst).is_none() {
+                *instances += 1;
+            }
+        }
+        if changed {
+            s.touch(now_ms);
+        }
+        changed
+    }
+
+    fn merge_service_delete(&mut self, id: ServiceId, deleted: Version, now_ms: u64) -> bool {
+        let key = id.full_key();
+        let mut removed = false;
+        if let Some(s) = self.services.get(key) {
+            if newest(s) > deleted {
+                return false; // written again after the delete
+            }
+            let gone = self.services.remove(key).expect("present");
+            self.instances -= gone.instances.len();
+            removed = true;
+        }
+        let newer_tomb = matches!(self.service_tombstones.get(key), Some((_, v)) if *v >= deleted);
+        if !newer_tomb {
+            let k: Rc<str> = Rc::from(key);
+            self.service_tombstones.insert(k.clone(), (id, deleted));
+            self.purges
+                .push_back((now_ms + self.tombstone_ttl_ms, k, None));
+        }
+        removed || !newer_tomb
+    }
+}
