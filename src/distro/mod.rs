@@ -8,3 +8,4 @@ pub mod hlc;
 pub mod members;
 pub mod merge;
 pub mod tasks;
+pub mod verify;
