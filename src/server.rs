@@ -67,10 +67,7 @@ pub fn run(config: Config) -> Result<(), ServerError> {
         inboxes.push(tx);
         receivers.push(rx);
     }
-    let node = NodeInfo {
-        advertise: addr,
-        beat_interval_ms: config.beat_interval_ms,
-    };
+    let node = NodeInfo { advertise: addr };
     let shared = Arc::new(Shared {
         config,
         node,

@@ -171,12 +171,9 @@ pub fn run(
     );
     if let Err(e) = result {
         tracing::error!(shard = id, error = %e, "no runtime could start");
-        shared_shutdown_on_failure();
+        // A node missing a shard would drop a slice of the registry.
+        std::process::exit(1);
     }
-}
-
-fn shared_shutdown_on_failure() {
-    std::process::exit(1);
 }
 
 async fn shard_main(
