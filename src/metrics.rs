@@ -36,6 +36,9 @@ pub struct ShardStats {
     pub inbox_full: AtomicU64,
     /// Expiry timers armed.
     pub timers_armed: AtomicU64,
+    /// Requests this shard is handling now (graceful shutdown waits for
+    /// the sum over all shards to reach 0).
+    pub inflight: AtomicU64,
     /// `[endpoint][code]`.
     requests: Vec<AtomicU64>,
     /// `[endpoint][bucket]`, non-cumulative; the last is +Inf.
@@ -59,6 +62,7 @@ impl Default for ShardStats {
             cross_core_sent: AtomicU64::new(0),
             inbox_full: AtomicU64::new(0),
             timers_armed: AtomicU64::new(0),
+            inflight: AtomicU64::new(0),
             requests: zeros(ENDPOINTS * CODES.len()),
             latency: zeros(ENDPOINTS * (LATENCY_BUCKETS_US.len() + 1)),
             latency_sum_us: zeros(ENDPOINTS),

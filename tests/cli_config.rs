@@ -97,9 +97,13 @@ fn sigterm_finishes_requests_then_exits_zero() {
     let n = Node::start(&["--cores", "2"]);
     let mut s = n.connect();
     // A pipelined burst, then SIGTERM right away: every request is answered.
-    let burst =
-        "POST /nacos/v1/ns/instance?serviceName=t&ip=10.0.0.1&port=1 HTTP/1.1\r\nHost: x\r\n\r\n"
-            .repeat(50);
+    // Services on both shards: some requests cross cores while the node
+    // stops, and must still be answered.
+    let burst: String = (0..50)
+        .map(|i| {
+            format!("POST /nacos/v1/ns/instance?serviceName=t{i}&ip=10.0.0.1&port=1 HTTP/1.1\r\nHost: x\r\n\r\n")
+        })
+        .collect();
     s.write_all(burst.as_bytes()).unwrap();
     let first = read_response(&mut s).unwrap();
     assert_eq!(first.status, 200);

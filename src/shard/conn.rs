@@ -79,7 +79,7 @@ async fn serve_inner(ctx: &Rc<ShardCtx>, stream: &mut TcpStream, peer: SocketAdd
                     consumed += used;
                     answered += 1;
                     let started = Instant::now();
-                    ctx.inflight.set(ctx.inflight.get() + 1);
+                    ctx.stats().inflight.fetch_add(1, Ordering::Relaxed);
                     let endpoint = api::route(req.method, req.path);
                     let reply = dispatch(ctx, endpoint, &req, peer).await;
                     let shutting_down = ctx.shared.shutdown.load(Ordering::Relaxed);
@@ -97,13 +97,13 @@ async fn serve_inner(ctx: &Rc<ShardCtx>, stream: &mut TcpStream, peer: SocketAdd
                             Err(e) => Err(e),
                         };
                         if body_res.is_err() {
-                            ctx.inflight.set(ctx.inflight.get() - 1);
+                            ctx.stats().inflight.fetch_sub(1, Ordering::Relaxed);
                             return;
                         }
                     } else {
                         response::write(&mut out, &reply, keep_alive, head);
                     }
-                    ctx.inflight.set(ctx.inflight.get() - 1);
+                    ctx.stats().inflight.fetch_sub(1, Ordering::Relaxed);
                     ctx.stats().record(
                         endpoint,
                         reply.status,

@@ -8,7 +8,7 @@ pub mod inbox;
 pub mod router;
 pub mod runtime;
 
-use std::cell::{Cell, RefCell};
+use std::cell::RefCell;
 use std::net::SocketAddr;
 use std::rc::Rc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -82,8 +82,6 @@ pub struct ShardCtx {
     pub id: usize,
     pub shared: Arc<Shared>,
     pub state: RefCell<ShardState>,
-    /// Requests being handled right now (for graceful shutdown).
-    pub inflight: Cell<usize>,
     pub limits: Limits,
 }
 
@@ -205,7 +203,6 @@ async fn shard_main(
             store: Store::new(defaults, c.expiry_tick_ms, now),
             push: PushState::new(push),
         }),
-        inflight: Cell::new(0),
         shared: shared.clone(),
     });
     let listener = match monoio::net::TcpListener::from_std(listener) {
@@ -228,12 +225,21 @@ async fn shard_main(
     let handle = canceller.handle();
     monoio::spawn(tick_loop(ctx.clone(), udp, canceller));
     conn::accept_loop(ctx.clone(), listener, handle).await;
-    // Stop accepting happened above; let in-flight requests finish.
+    // Stop accepting happened above; let in-flight requests finish: those
+    // of every shard, since another shard's request may still need this
+    // shard's inbox to be answered.
     let deadline = std::time::Instant::now() + Duration::from_millis(c.shutdown_grace_ms);
-    while ctx.inflight.get() > 0 && std::time::Instant::now() < deadline {
+    let inflight = || -> u64 {
+        shared
+            .stats
+            .iter()
+            .map(|s| s.inflight.load(Ordering::Relaxed))
+            .sum()
+    };
+    while inflight() > 0 && std::time::Instant::now() < deadline {
         monoio::time::sleep(Duration::from_millis(5)).await;
     }
-    tracing::info!(shard = id, unfinished = ctx.inflight.get(), "shard stopped");
+    tracing::info!(shard = id, unfinished = inflight(), "shard stopped");
 }
 
 async fn inbox_loop(ctx: Rc<ShardCtx>, rx: Receiver<ShardMsg>) {
