@@ -239,6 +239,19 @@ fn shards_pin_within_the_allowed_cpus() {
         .spawn()
         .expect("taskset (util-linux) runs the node");
     let n = Node::attach(child);
+    // The shard pins itself before it logs "shard started"; wait for that
+    // line so that the affinity read below is the one it chose.
+    if !n.early_log.iter().any(|l| l.contains("shard started")) {
+        loop {
+            let line = n
+                .log
+                .recv_timeout(Duration::from_secs(10))
+                .expect("the shard logs its start");
+            if line.contains("shard started") {
+                break;
+            }
+        }
+    }
     let pid = n.child.id();
     let mut shard_cpus = Vec::new();
     for task in std::fs::read_dir(format!("/proc/{pid}/task"))
