@@ -202,3 +202,35 @@ impl Store {
         removed || !newer_tomb
     }
 }
+
+impl Store {
+    /// Ownership-change grace (SPEC 3): for every service this shard has
+    /// just become the owner of (`newly_owned(grouped name)`), treat every
+    /// instance as having beaten at `now_ms`, so that nothing is expired
+    /// merely because the previous owner held the fresh beats. Returns how
+    /// many instances were refreshed.
+    pub fn grant_ownership_grace(
+        &mut self,
+        now_ms: u64,
+        newly_owned: impl Fn(&str) -> bool,
+    ) -> usize {
+        let mut refreshed = 0;
+        let Store {
+            services, timers, ..
+        } = self;
+        for s in services.values_mut() {
+            if !newly_owned(s.id.grouped()) {
+                continue;
+            }
+            let svc_key = s.key.clone();
+            for inst in s.instances.values_mut() {
+                if inst.last_beat_ms < now_ms {
+                    inst.last_beat_ms = now_ms;
+                    refreshed += 1;
+                }
+                Store::arm(timers, &svc_key, inst);
+            }
+        }
+        refreshed
+    }
+}

@@ -462,3 +462,43 @@ fn service_deletes_replicate_and_lose_to_later_writes() {
     assert!(!b.merge(tomb, 3_001));
     assert_eq!(ips(&mut b, "s", 3_002), ["10.0.0.9"]);
 }
+
+#[test]
+fn a_new_owner_gives_every_instance_a_full_timeout() {
+    let meta = [
+        (instance::META_BEAT_TIMEOUT, "1000"),
+        (instance::META_DELETE_TIMEOUT, "2000"),
+    ];
+    let (mut old_owner, mut new_owner) = (node(1), node(2));
+    old_owner.apply(
+        Op::Register {
+            svc: svc("g"),
+            spec: spec("10.0.0.1", 80, &meta),
+        },
+        0,
+    );
+    old_owner.apply(
+        Op::Register {
+            svc: svc("other"),
+            spec: spec("10.0.0.2", 80, &meta),
+        },
+        0,
+    );
+    // The replica got its copy long ago; the client kept beating to the
+    // old owner, which then died at t = 5 s.
+    sync(&old_owner, &mut new_owner, "g", 100);
+    sync(&old_owner, &mut new_owner, "other", 100);
+    let refreshed = new_owner.grant_ownership_grace(5_000, |grouped| grouped == "DEFAULT_GROUP@@g");
+    assert_eq!(refreshed, 1, "only the newly owned service");
+    let mut changed = Vec::new();
+    new_owner.expire(5_900, &mut changed);
+    assert_eq!(ips(&mut new_owner, "g", 5_900), ["10.0.0.1"]);
+    assert_eq!(
+        list(&mut new_owner, "g", false, 5_900)["hosts"][0]["healthy"],
+        true,
+        "not expired by a stale lastBeat"
+    );
+    // Without beats to the new owner, the normal timeouts run from then on.
+    new_owner.expire(7_100, &mut changed);
+    assert!(ips(&mut new_owner, "g", 7_100).is_empty());
+}
