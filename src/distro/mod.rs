@@ -3,6 +3,7 @@
 //! internal sharding is independent of it, see `shard::router`), the hybrid
 //! logical clock and the versioned merge. All of it pure: no I/O, no clock.
 
+pub mod conf;
 pub mod hash;
 pub mod hlc;
 pub mod members;
