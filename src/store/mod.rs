@@ -137,6 +137,25 @@ pub struct Counts {
     pub instances: usize,
 }
 
+/// The versions one shard writes: its clock and its writer id. A field of
+/// its own so that it can be used while a service is borrowed.
+#[derive(Debug, Default)]
+struct Stamp {
+    clock: Hlc,
+    /// This node and shard, the tie-breaker of versions.
+    writer: u32,
+}
+
+impl Stamp {
+    /// A new version for a local state change.
+    fn next(&mut self, now_ms: u64) -> Version {
+        Version {
+            hlc: self.clock.tick(now_ms),
+            writer: self.writer,
+        }
+    }
+}
+
 /// Tombstones outlive the delete timeout by two verify rounds (5 s each).
 pub const TOMBSTONE_VERIFY_ROUNDS_MS: u64 = 2 * 5_000;
 
@@ -151,9 +170,7 @@ pub struct Store {
     defaults: Timeouts,
     instances: usize,
     /// Versions every state change; observes versions merged in.
-    clock: Hlc,
-    /// This node and shard, the tie-breaker of versions.
-    writer: u32,
+    stamp: Stamp,
     /// How long tombstones are kept (docs/distro.md: two verify rounds
     /// plus the delete timeout).
     tombstone_ttl_ms: u64,
@@ -186,8 +203,7 @@ impl Store {
             timers: TimerWheel::new(expiry_tick_ms, now_ms),
             defaults,
             instances: 0,
-            clock: Hlc::default(),
-            writer: 0,
+            stamp: Stamp::default(),
             tombstone_ttl_ms: TOMBSTONE_VERIFY_ROUNDS_MS + defaults.delete_timeout_ms,
             purges: VecDeque::new(),
             service_tombstones: Map::default(),
@@ -196,15 +212,12 @@ impl Store {
 
     /// Sets the writer id (node and shard) that versions carry.
     pub fn set_writer(&mut self, writer: u32) {
-        self.writer = writer;
+        self.stamp.writer = writer;
     }
 
     /// A new version for a local state change.
     fn next_version(&mut self, now_ms: u64) -> Version {
-        Version {
-            hlc: self.clock.tick(now_ms),
-            writer: self.writer,
-        }
+        self.stamp.next(now_ms)
     }
 
     /// Replaces a deleted instance's record by a tombstone.
@@ -336,10 +349,7 @@ impl Store {
         now_ms: u64,
     ) -> bool {
         let defaults = self.defaults;
-        let version = Version {
-            hlc: self.clock.tick(now_ms),
-            writer: self.writer,
-        };
+        let version = self.stamp.next(now_ms);
         let Some(s) = self.services.get_mut(svc.full_key()) else {
             return false;
         };
@@ -478,10 +488,7 @@ impl Store {
             Op::UpdateService { svc, change } => match self.services.get_mut(svc.full_key()) {
                 Some(s) => {
                     Self::set_service(s, change);
-                    s.fields_version = Version {
-                        hlc: self.clock.tick(now_ms),
-                        writer: self.writer,
-                    };
+                    s.fields_version = self.stamp.next(now_ms);
                     s.touch(now_ms);
                     changed(Reply::ok())
                 }
@@ -554,10 +561,7 @@ impl Store {
                 let revived = !inst.healthy;
                 if revived {
                     inst.healthy = true;
-                    inst.version = Version {
-                        hlc: self.clock.tick(now_ms),
-                        writer: self.writer,
-                    };
+                    inst.version = self.stamp.next(now_ms);
                     s.touch(now_ms);
                 }
                 return Applied {
@@ -629,10 +633,7 @@ impl Store {
             if turn_unhealthy {
                 tracing::info!(service = %svc_key, instance = %inst_key, silent_ms, "instance unhealthy");
                 inst.healthy = false;
-                inst.version = Version {
-                    hlc: self.clock.tick(now_ms),
-                    writer: self.writer,
-                };
+                inst.version = self.stamp.next(now_ms);
                 s.touch(now_ms);
                 changed.push(svc_key.clone());
             }

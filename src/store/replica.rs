@@ -98,7 +98,7 @@ impl Store {
     /// Merges a peer's copy of a service. Returns whether anything a list
     /// or a push can see changed.
     pub fn merge(&mut self, d: Datum, now_ms: u64) -> bool {
-        self.clock.observe(d.max_version().hlc, now_ms);
+        self.stamp.clock.observe(d.max_version().hlc, now_ms);
         let id = ServiceId::new(&d.namespace, &d.group, &d.name);
         let key = id.full_key();
         if let Some(deleted) = d.deleted {
