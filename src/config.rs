@@ -133,6 +133,25 @@ settings! {
     inbox_capacity: usize = 4_096,
     /// On SIGTERM/SIGINT, in-flight requests get this long to finish, ms.
     shutdown_grace_ms: u64 = 5_000,
+    /// Cluster members, `ip:port,ip:port,...` (this node included or not).
+    /// Empty (and no `--cluster-conf`): standalone.
+    peers: String = String::new(),
+    /// Nacos `cluster.conf` file with the members, one `ip:port` a line.
+    cluster_conf: String = String::new(),
+    /// This node's `ip:port` as the members list names it (default: the
+    /// bind address).
+    advertise: String = String::new(),
+    /// Shared secret peers send with every peer request; required with
+    /// peers.
+    cluster_token: String = String::new(),
+    /// Changes to a service are coalesced this long before replication, ms.
+    sync_delay_ms: u64 = 100,
+    /// Each node reports to one other member this often, ms.
+    report_interval_ms: u64 = 2_000,
+    /// Each node sends the checksums of the services it owns this often, ms.
+    verify_interval_ms: u64 = 5_000,
+    /// Request body of a peer request (replication batches, checksums), bytes.
+    peer_body_bytes_max: usize = 64 * 1024 * 1024,
 }
 
 impl Config {
@@ -179,12 +198,83 @@ impl Config {
             ("body-bytes-max", self.body_bytes_max as u64),
             ("idle-timeout-ms", self.idle_timeout_ms),
             ("inbox-capacity", self.inbox_capacity as u64),
+            ("sync-delay-ms", self.sync_delay_ms),
+            ("report-interval-ms", self.report_interval_ms),
+            ("verify-interval-ms", self.verify_interval_ms),
+            ("peer-body-bytes-max", self.peer_body_bytes_max as u64),
         ];
         for (name, v) in positive {
             if v == 0 {
                 return Err(ConfigError::Invalid(format!("--{name} must be positive")));
             }
         }
+        if !self.peers.trim().is_empty() && !self.cluster_conf.trim().is_empty() {
+            return Err(ConfigError::Invalid(
+                "give the members with --peers or --cluster-conf, not both".into(),
+            ));
+        }
+        self.cluster_members()?;
         Ok(())
+    }
+
+    /// This node's address and the cluster's members (SPEC 4.1), or None
+    /// for a standalone node. Refuses a cluster without a token, and an
+    /// advertised address that is not a member.
+    pub fn cluster_members(&self) -> Result<Option<(String, Vec<String>)>, ConfigError> {
+        let Some(members) = self.members()? else {
+            return Ok(None);
+        };
+        if self.cluster_token.trim().is_empty() {
+            return Err(ConfigError::Invalid(
+                "peers are configured but --cluster-token is not set: every peer request \
+                 must carry the cluster token (SPEC 4.5), so a cluster node refuses to start \
+                 without one"
+                    .into(),
+            ));
+        }
+        let me = if self.advertise.trim().is_empty() {
+            if self.bind.port() == 0 || self.bind.ip().is_unspecified() {
+                return Err(ConfigError::Invalid(format!(
+                    "--bind {} cannot name this node to its peers; give --advertise ip:port",
+                    self.bind
+                )));
+            }
+            self.bind.to_string()
+        } else {
+            self.advertise
+                .trim()
+                .parse::<SocketAddr>()
+                .map_err(|_| {
+                    ConfigError::Invalid(format!("--advertise {} is not ip:port", self.advertise))
+                })?
+                .to_string()
+        };
+        if !members.contains(&me) {
+            return Err(ConfigError::Invalid(format!(
+                "this node ({me}) is not among the members {members:?}; list it, or fix --advertise"
+            )));
+        }
+        Ok(Some((me, members)))
+    }
+
+    /// The configured members, or None for a standalone node.
+    pub fn members(&self) -> Result<Option<Vec<String>>, ConfigError> {
+        use crate::distro::conf;
+        if !self.peers.trim().is_empty() {
+            return conf::parse_peers(&self.peers)
+                .map(Some)
+                .map_err(|e| ConfigError::Invalid(format!("--peers: {e}")));
+        }
+        if !self.cluster_conf.trim().is_empty() {
+            let path = PathBuf::from(self.cluster_conf.trim());
+            let text = std::fs::read_to_string(&path).map_err(|source| ConfigError::Read {
+                path: path.clone(),
+                source,
+            })?;
+            return conf::parse_cluster_conf(&text)
+                .map(Some)
+                .map_err(|e| ConfigError::Invalid(format!("{}: {e}", path.display())));
+        }
+        Ok(None)
     }
 }

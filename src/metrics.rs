@@ -39,6 +39,22 @@ pub struct ShardStats {
     /// Requests this shard is handling now (graceful shutdown waits for
     /// the sum over all shards to reach 0).
     pub inflight: AtomicU64,
+    /// Client writes forwarded to their owner and answered by it.
+    pub forwarded: AtomicU64,
+    /// Forwards that failed (the write was applied here instead).
+    pub forward_failures: AtomicU64,
+    /// Beats answered here and queued for their owner.
+    pub beats_relayed: AtomicU64,
+    /// Relayed beats dropped (queue full or the owner unreachable).
+    pub relay_dropped: AtomicU64,
+    /// Services sent to peers in replication batches.
+    pub datums_sent: AtomicU64,
+    /// Replication batches that failed (retried with backoff).
+    pub datum_send_failures: AtomicU64,
+    /// Peers' datums that changed something here.
+    pub datums_merged: AtomicU64,
+    /// Services fetched because a verify round found them different.
+    pub verify_fetches: AtomicU64,
     /// `[endpoint][code]`.
     requests: Vec<AtomicU64>,
     /// `[endpoint][bucket]`, non-cumulative; the last is +Inf.
@@ -63,6 +79,14 @@ impl Default for ShardStats {
             inbox_full: AtomicU64::new(0),
             timers_armed: AtomicU64::new(0),
             inflight: AtomicU64::new(0),
+            forwarded: AtomicU64::new(0),
+            forward_failures: AtomicU64::new(0),
+            beats_relayed: AtomicU64::new(0),
+            relay_dropped: AtomicU64::new(0),
+            datums_sent: AtomicU64::new(0),
+            datum_send_failures: AtomicU64::new(0),
+            datums_merged: AtomicU64::new(0),
+            verify_fetches: AtomicU64::new(0),
             requests: zeros(ENDPOINTS * CODES.len()),
             latency: zeros(ENDPOINTS * (LATENCY_BUCKETS_US.len() + 1)),
             latency_sum_us: zeros(ENDPOINTS),
@@ -102,7 +126,17 @@ pub fn render(shards: &[ShardStats], inbox_depth: &[usize], open_connections: us
     let _ = writeln!(o, "registry_services {}", sum(|s| &s.services));
     let _ = writeln!(o, "# TYPE registry_open_connections gauge");
     let _ = writeln!(o, "registry_open_connections {open_connections}");
-    let counters: [(&str, Field); 5] = [
+    let counters: [(&str, Field); 13] = [
+        ("registry_forwarded_total", |s| &s.forwarded),
+        ("registry_forward_failures_total", |s| &s.forward_failures),
+        ("registry_beats_relayed_total", |s| &s.beats_relayed),
+        ("registry_relayed_beats_dropped_total", |s| &s.relay_dropped),
+        ("registry_datums_sent_total", |s| &s.datums_sent),
+        ("registry_datum_send_failures_total", |s| {
+            &s.datum_send_failures
+        }),
+        ("registry_datums_merged_total", |s| &s.datums_merged),
+        ("registry_verify_fetches_total", |s| &s.verify_fetches),
         ("registry_push_sent_total", |s| &s.pushes_sent),
         ("registry_push_acks_total", |s| &s.push_acks),
         ("registry_push_retries_total", |s| &s.push_retries),

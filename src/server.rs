@@ -8,6 +8,7 @@ use std::sync::Arc;
 use socket2::{Domain, Protocol, Socket, Type};
 
 use crate::api::NodeInfo;
+use crate::cluster::ClusterShared;
 use crate::config::Config;
 use crate::metrics::ShardStats;
 use crate::shard::inbox::Inbox;
@@ -27,6 +28,8 @@ pub enum ServerError {
     Signals(std::io::Error),
     #[error("cannot start shard thread: {0}")]
     Thread(std::io::Error),
+    #[error("{0}")]
+    Config(crate::config::ConfigError),
 }
 
 fn listener(addr: SocketAddr) -> std::io::Result<std::net::TcpListener> {
@@ -68,9 +71,17 @@ pub fn run(config: Config) -> Result<(), ServerError> {
         receivers.push(rx);
     }
     let node = NodeInfo { advertise: addr };
+    let cluster = match config.cluster_members().map_err(ServerError::Config)? {
+        Some((me, members)) => {
+            tracing::info!(me = %me, ?members, "clustered node");
+            Some(ClusterShared::new(&me, &members, &config.cluster_token))
+        }
+        None => None,
+    };
     let shared = Arc::new(Shared {
         config,
         node,
+        cluster,
         inboxes,
         stats: (0..cores).map(|_| ShardStats::default()).collect(),
         open_connections: AtomicUsize::new(0),

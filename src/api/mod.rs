@@ -36,6 +36,13 @@ pub enum Endpoint {
     Liveness,
     Readiness,
     Metrics,
+    /// Peer endpoints (clustered nodes only, token required).
+    ClusterReport,
+    DistroDatumPut,
+    DistroDatumGet,
+    DistroSnapshot,
+    DistroChecksum,
+    DistroBeats,
     /// Known path, wrong method.
     MethodNotAllowed,
     NotFound,
@@ -44,7 +51,7 @@ pub enum Endpoint {
 }
 
 impl Endpoint {
-    pub const ALL: [Endpoint; 22] = [
+    pub const ALL: [Endpoint; 28] = [
         Endpoint::InstanceRegister,
         Endpoint::InstanceDeregister,
         Endpoint::InstanceUpdate,
@@ -64,6 +71,12 @@ impl Endpoint {
         Endpoint::Liveness,
         Endpoint::Readiness,
         Endpoint::Metrics,
+        Endpoint::ClusterReport,
+        Endpoint::DistroDatumPut,
+        Endpoint::DistroDatumGet,
+        Endpoint::DistroSnapshot,
+        Endpoint::DistroChecksum,
+        Endpoint::DistroBeats,
         Endpoint::MethodNotAllowed,
         Endpoint::NotFound,
         Endpoint::Invalid,
@@ -91,6 +104,12 @@ impl Endpoint {
             Endpoint::Liveness => "liveness",
             Endpoint::Readiness => "readiness",
             Endpoint::Metrics => "metrics",
+            Endpoint::ClusterReport => "cluster_report",
+            Endpoint::DistroDatumPut => "distro_datum_put",
+            Endpoint::DistroDatumGet => "distro_datum_get",
+            Endpoint::DistroSnapshot => "distro_snapshot",
+            Endpoint::DistroChecksum => "distro_checksum",
+            Endpoint::DistroBeats => "distro_beats",
             Endpoint::MethodNotAllowed => "method_not_allowed",
             Endpoint::NotFound => "not_found",
             Endpoint::Invalid => "invalid",
@@ -139,6 +158,24 @@ pub fn route(method: Method, path: &str) -> Endpoint {
         "/v1/console/health/liveness" if get => Liveness,
         "/v1/console/health/readiness" if get => Readiness,
         "/metrics" if get => Metrics,
+        "/v1/core/cluster/report" => match method {
+            Post | Put => ClusterReport,
+            _ => MethodNotAllowed,
+        },
+        "/v1/ns/distro/datum" => match method {
+            Put => DistroDatumPut,
+            Get => DistroDatumGet,
+            _ => MethodNotAllowed,
+        },
+        "/v1/ns/distro/datums" if get => DistroSnapshot,
+        "/v1/ns/distro/checksum" => match method {
+            Put => DistroChecksum,
+            _ => MethodNotAllowed,
+        },
+        "/v1/ns/distro/beats" => match method {
+            Put => DistroBeats,
+            _ => MethodNotAllowed,
+        },
         "/v1/ns/instance/list"
         | "/v1/ns/service/list"
         | "/v1/ns/operator/metrics"
@@ -147,7 +184,8 @@ pub fn route(method: Method, path: &str) -> Endpoint {
         | "/v1/core/cluster/nodes"
         | "/v1/console/health/liveness"
         | "/v1/console/health/readiness"
-        | "/metrics" => MethodNotAllowed,
+        | "/metrics"
+        | "/v1/ns/distro/datums" => MethodNotAllowed,
         _ => NotFound,
     }
 }
@@ -177,6 +215,8 @@ pub enum Action {
     OperatorMetrics,
     /// The Prometheus page.
     Metrics,
+    /// A peer endpoint (answered by `cluster::peer_api`).
+    Peer,
 }
 
 /// Facts about the node that some answers need.
@@ -210,6 +250,12 @@ pub fn handle(endpoint: Endpoint, req: &Request, peer: SocketAddr, node: &NodeIn
             Ok(Action::Reply(Reply::static_text(200, "OK")))
         }
         Endpoint::Metrics => Ok(Action::Metrics),
+        Endpoint::ClusterReport
+        | Endpoint::DistroDatumPut
+        | Endpoint::DistroDatumGet
+        | Endpoint::DistroSnapshot
+        | Endpoint::DistroChecksum
+        | Endpoint::DistroBeats => Ok(Action::Peer),
         Endpoint::MethodNotAllowed => Ok(Action::Reply(Reply::text(405, "Method Not Allowed"))),
         Endpoint::NotFound | Endpoint::Invalid => Ok(Action::Reply(Reply::not_found("Not Found"))),
     };

@@ -16,7 +16,18 @@ pub struct Limits {
     pub header_bytes_max: usize,
     /// Decoded body.
     pub body_bytes_max: usize,
+    /// Decoded body of a request to a peer endpoint (`/nacos/v1/ns/distro/`):
+    /// replication batches and checksum lists are larger than any client's.
+    pub peer_body_bytes_max: usize,
 }
+
+/// Path prefix of the peer endpoints that take large bodies.
+pub const PEER_PATH_PREFIX: &str = "/nacos/v1/ns/distro/";
+
+/// Header carrying the cluster token (SPEC 4.5).
+pub const TOKEN_HEADER: &str = "x-distro-token";
+/// Header marking a write forwarded by a peer to the owner.
+pub const FORWARDED_HEADER: &str = "x-distro-forwarded";
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Method {
@@ -47,6 +58,11 @@ pub struct Request<'a> {
     pub keep_alive: bool,
     /// `User-Agent`, used only for Nacos client quirks, never for trust.
     pub user_agent: &'a str,
+    /// The cluster token header, if sent (checked by the caller).
+    pub token: Option<&'a [u8]>,
+    /// Marked as a write a peer forwarded to this node (trusted only with
+    /// the token).
+    pub forwarded: bool,
 }
 
 /// What `parse` found.
@@ -104,6 +120,8 @@ pub fn parse(buf: &[u8], limits: Limits) -> Parsed<'_> {
     let mut keep_alive = version == 1;
     let mut form_body = true;
     let mut user_agent = "";
+    let mut token = None;
+    let mut forwarded = false;
     for h in req.headers.iter() {
         let name = h.name;
         if name.eq_ignore_ascii_case("content-length") {
@@ -136,6 +154,10 @@ pub fn parse(buf: &[u8], limits: Limits) -> Parsed<'_> {
             form_body = v.contains("application/x-www-form-urlencoded");
         } else if name.eq_ignore_ascii_case("user-agent") {
             user_agent = std::str::from_utf8(h.value).unwrap_or("");
+        } else if name.eq_ignore_ascii_case(TOKEN_HEADER) {
+            token = Some(h.value);
+        } else if name.eq_ignore_ascii_case(FORWARDED_HEADER) {
+            forwarded = true;
         }
     }
     if chunked && content_length.is_some() {
@@ -143,8 +165,13 @@ pub fn parse(buf: &[u8], limits: Limits) -> Parsed<'_> {
         return Parsed::Error(400, "Content-Length with Transfer-Encoding");
     }
     let rest = &buf[head_len..];
+    let body_max = if path.starts_with(PEER_PATH_PREFIX) {
+        limits.peer_body_bytes_max
+    } else {
+        limits.body_bytes_max
+    };
     let (body, body_len) = if chunked {
-        match dechunk(rest, limits.body_bytes_max) {
+        match dechunk(rest, body_max) {
             Dechunked::Done(body, used) => (Cow::Owned(body), used),
             Dechunked::Partial => return Parsed::Partial,
             Dechunked::TooLarge => return Parsed::Error(413, "Payload Too Large"),
@@ -152,7 +179,7 @@ pub fn parse(buf: &[u8], limits: Limits) -> Parsed<'_> {
         }
     } else {
         let n = content_length.unwrap_or(0);
-        if n > limits.body_bytes_max {
+        if n > body_max {
             return Parsed::Error(413, "Payload Too Large");
         }
         if rest.len() < n {
@@ -168,6 +195,8 @@ pub fn parse(buf: &[u8], limits: Limits) -> Parsed<'_> {
         form_body,
         keep_alive,
         user_agent,
+        token,
+        forwarded,
     };
     Parsed::Complete(request, head_len + body_len)
 }
@@ -223,6 +252,7 @@ mod tests {
     const LIMITS: Limits = Limits {
         header_bytes_max: 8192,
         body_bytes_max: 1024,
+        peer_body_bytes_max: 4096,
     };
 
     #[test]

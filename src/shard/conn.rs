@@ -175,9 +175,28 @@ async fn dispatch(
     req: &request::Request<'_>,
     peer: SocketAddr,
 ) -> Reply {
+    if let Some(r) = crate::cluster::peer_api::views(ctx, endpoint, req) {
+        return r;
+    }
     match api::handle(endpoint, req, peer, &ctx.shared.node) {
         Action::Reply(r) => r,
+        Action::Peer => crate::cluster::peer_api::handle(ctx, endpoint, req).await,
         Action::Op(op, subscription) => {
+            let op = match &ctx.shared.cluster {
+                None => op,
+                // A write a peer forwarded: this node applies it, whatever
+                // its own view of the owner (no forwarding loops).
+                Some(cl) if req.forwarded => {
+                    if !cl.authorized(req.token) {
+                        return Reply::text(403, "forwarded write without a valid cluster token");
+                    }
+                    op
+                }
+                Some(_) => match crate::cluster::peer_api::to_owner(ctx, op, req).await {
+                    Ok(reply) => return reply,
+                    Err(op) => op,
+                },
+            };
             let cores = ctx.shared.inboxes.len();
             let target = shard_of(op.service().full_key(), cores);
             if target == ctx.id {

@@ -57,13 +57,31 @@ pub enum ShardMsg {
         group: String,
         reply: oneshot::Sender<Vec<String>>,
     },
+    /// Any other work on this shard's state (peer endpoints, cluster
+    /// loops): run it and let it send its own answer.
+    Run(Box<dyn FnOnce(&ShardCtx) + Send>),
 }
+
+/// Ops whose changes are replicated (everything but reads).
+fn applied_changes_replicated(op: &Op) -> bool {
+    !matches!(
+        op,
+        Op::List { .. } | Op::GetInstance { .. } | Op::GetService { .. }
+    )
+}
+
+/// A housekeeping tick this much later than due means the process was
+/// frozen (SIGSTOP, a VM pause): every instance gets a fresh timeout
+/// before anything is expired, as after an ownership change.
+pub const STALL_GRACE_MS: u64 = 2_000;
 
 /// State shared by every shard of the node. Only atomics and the inboxes'
 /// sending halves; no registry data.
 pub struct Shared {
     pub config: Config,
     pub node: NodeInfo,
+    /// Membership and readiness of a clustered node; None standalone.
+    pub cluster: Option<crate::cluster::ClusterShared>,
     pub inboxes: Vec<Inbox<ShardMsg>>,
     pub stats: Vec<ShardStats>,
     pub open_connections: AtomicUsize,
@@ -83,6 +101,8 @@ pub struct ShardCtx {
     pub shared: Arc<Shared>,
     pub state: RefCell<ShardState>,
     pub limits: Limits,
+    /// This shard's cluster part; None standalone.
+    pub cluster: Option<crate::cluster::shard::ClusterCtx>,
 }
 
 impl ShardCtx {
@@ -102,9 +122,14 @@ impl ShardCtx {
             .push
             .has_subscribers()
             .then(|| op.service().full_key().to_string());
+        let replicate = (applied_changes_replicated(&op) && self.cluster.is_some())
+            .then(|| op.service().full_key().to_string());
         let applied = st.store.apply(op, now_ms);
         if let (true, Some(key)) = (applied.changed, key) {
             st.push.changed(&key, now_ms);
+        }
+        if let (true, Some(key)) = (applied.changed, replicate) {
+            self.mark_changed(&key, now_ms);
         }
         self.publish_counts(&st);
         applied.reply
@@ -146,7 +171,44 @@ impl ShardCtx {
                 let names = self.state.borrow().store.service_names(&namespace, &group);
                 let _ = reply.send(names);
             }
+            ShardMsg::Run(f) => f(self),
         }
+    }
+
+    /// Runs `f` on shard `target` (here when it is this shard) and returns
+    /// its result; 503 when the target's inbox is full.
+    pub async fn run_on<T, F>(&self, target: usize, f: F) -> Result<T, Reply>
+    where
+        T: Send + 'static,
+        F: FnOnce(&ShardCtx) -> T + Send + 'static,
+    {
+        if target == self.id {
+            return Ok(f(self));
+        }
+        let (tx, rx) = oneshot::channel();
+        let msg = ShardMsg::Run(Box::new(move |c: &ShardCtx| {
+            let _ = tx.send(f(c));
+        }));
+        self.stats().cross_core_sent.fetch_add(1, Ordering::Relaxed);
+        if self.shared.inboxes[target].send(msg).is_err() {
+            self.stats().inbox_full.fetch_add(1, Ordering::Relaxed);
+            return Err(Reply::text(503, "shard busy, retry"));
+        }
+        rx.await
+            .map_err(|_| Reply::text(500, "shard did not answer"))
+    }
+
+    /// Runs `f` on every shard and collects the results in shard order.
+    pub async fn run_on_all<T, F>(&self, f: F) -> Result<Vec<T>, Reply>
+    where
+        T: Send + 'static,
+        F: Fn(&ShardCtx) -> T + Send + Sync + Clone + 'static,
+    {
+        let mut out = Vec::with_capacity(self.shared.inboxes.len());
+        for shard in 0..self.shared.inboxes.len() {
+            out.push(self.run_on(shard, f.clone()).await?);
+        }
+        Ok(out)
     }
 }
 
@@ -193,11 +255,17 @@ async fn shard_main(
         subscriber_ttl_ms: c.subscriber_ttl_ms,
         subscribers_per_service_max: c.subscribers_per_service_max,
     };
+    let cluster = shared
+        .cluster
+        .as_ref()
+        .map(|cs| crate::cluster::shard::ClusterCtx::new(cs, c.sync_delay_ms));
     let ctx = Rc::new(ShardCtx {
         id,
+        cluster,
         limits: Limits {
             header_bytes_max: c.header_bytes_max,
             body_bytes_max: c.body_bytes_max,
+            peer_body_bytes_max: c.peer_body_bytes_max,
         },
         state: RefCell::new(ShardState {
             store: Store::new(defaults, c.expiry_tick_ms, now),
@@ -219,6 +287,9 @@ async fn shard_main(
             std::process::exit(1);
         }
     };
+    let writer = ctx.writer_id();
+    ctx.state.borrow_mut().store.set_writer(writer);
+    crate::cluster::driver::spawn(&ctx);
     monoio::spawn(inbox_loop(ctx.clone(), rx));
     monoio::spawn(udp_recv_loop(ctx.clone(), udp.clone()));
     let canceller = monoio::io::Canceller::new();
@@ -280,6 +351,7 @@ async fn tick_loop(ctx: Rc<ShardCtx>, udp: Rc<UdpSocket>, canceller: monoio::io:
     let c = &ctx.shared.config;
     let tick = Duration::from_millis(c.expiry_tick_ms.min(c.push_delay_ms).clamp(1, TICK_MS_MAX));
     let mut out = Vec::new();
+    let mut last_tick = now_ms();
     loop {
         monoio::time::sleep(tick).await;
         if ctx.shared.shutdown.load(Ordering::Relaxed) {
@@ -288,13 +360,36 @@ async fn tick_loop(ctx: Rc<ShardCtx>, udp: Rc<UdpSocket>, canceller: monoio::io:
         }
         let now = now_ms();
         tracing::trace!(shard = ctx.id, now, "tick");
+        if now.saturating_sub(last_tick) > STALL_GRACE_MS {
+            let n = ctx
+                .state
+                .borrow_mut()
+                .store
+                .grant_ownership_grace(now, |_| true);
+            tracing::warn!(
+                shard = ctx.id,
+                paused_ms = now - last_tick,
+                refreshed = n,
+                "the node was frozen; every instance gets a fresh timeout"
+            );
+        }
+        last_tick = now;
+        ctx.cluster_tick(now);
         {
+            let view = ctx
+                .cluster
+                .as_ref()
+                .map(|cl| cl.state.borrow().view.clone());
             let mut st = ctx.state.borrow_mut();
             let st = &mut *st;
             let mut changed = Vec::new();
-            st.store.expire(now, &mut changed);
+            match &view {
+                Some(v) => st.store.expire_owned(now, &mut changed, |g| v.owns(g)),
+                None => st.store.expire(now, &mut changed),
+            }
             for key in &changed {
                 st.push.changed(key, now);
+                ctx.mark_changed(key, now);
             }
             let store = &mut st.store;
             let counts = st.push.due(

@@ -181,7 +181,7 @@ pub struct Store {
     service_tombstones: Map<Rc<str>, (ServiceId, Version)>,
 }
 
-fn beat_reply(code: u32, interval_ms: u64) -> Reply {
+pub fn beat_reply(code: u32, interval_ms: u64) -> Reply {
     // The answer to nearly every beat: no formatting, no allocation.
     if code == 10200 && interval_ms == 5_000 {
         return Reply::json(Bytes::from_static(
@@ -598,6 +598,20 @@ impl Store {
     /// unhealthy timeout turn unhealthy, past their delete timeout are
     /// removed. Pushes the keys of the services that changed.
     pub fn expire(&mut self, now_ms: u64, changed: &mut Vec<Rc<str>>) {
+        self.expire_owned(now_ms, changed, |_| true)
+    }
+
+    /// `expire` for a clustered node: only services this node owns
+    /// (`owns(grouped name)`) are expired; a replica's timers are pushed
+    /// back by a full unhealthy timeout and decide again then (by then the
+    /// owner has replicated its own decision, or this node has become the
+    /// owner and granted the ownership grace).
+    pub fn expire_owned(
+        &mut self,
+        now_ms: u64,
+        changed: &mut Vec<Rc<str>>,
+        owns: impl Fn(&str) -> bool,
+    ) {
         self.purge(now_ms);
         let mut due = Vec::new();
         self.timers.advance(now_ms, |_, v| due.push(v));
@@ -610,6 +624,12 @@ impl Store {
             };
             inst.timer_armed = false;
             if !inst.ephemeral {
+                continue;
+            }
+            if !owns(s.id.grouped()) {
+                inst.timer_armed = true;
+                let next = now_ms + inst.timeouts.unhealthy_timeout_ms;
+                self.timers.insert(next, (svc_key, inst_key));
                 continue;
             }
             let silent_ms = now_ms.saturating_sub(inst.last_beat_ms);

@@ -234,3 +234,86 @@ impl Store {
         refreshed
     }
 }
+
+impl Store {
+    /// Every service and service tombstone this shard holds, as datums
+    /// (the snapshot, SPEC 4.6).
+    pub fn snapshot(&self) -> Vec<Datum> {
+        self.services
+            .keys()
+            .chain(self.service_tombstones.keys())
+            .filter_map(|k| self.datum(k))
+            .collect()
+    }
+
+    /// Checksums of the services (and service tombstones) whose grouped
+    /// name `owns` accepts: what a verify round sends.
+    pub fn checksums(&self, owns: impl Fn(&str) -> bool) -> Vec<(String, u64)> {
+        let live = self
+            .services
+            .values()
+            .filter(|s| owns(s.id.grouped()))
+            .map(|s| s.key.clone());
+        let dead = self
+            .service_tombstones
+            .iter()
+            .filter(|(_, (id, _))| owns(id.grouped()))
+            .map(|(k, _)| k.clone());
+        live.chain(dead)
+            .filter_map(|k| self.datum(&k).map(|d| (k.to_string(), d.checksum())))
+            .collect()
+    }
+
+    /// The verify round's conditional drop (SPEC 4.4): services that
+    /// `source_owns` (grouped name) but the source did not list
+    /// (`listed(full key)`) are dropped only when every record of the local
+    /// copy was written by the source (`writer >> shard_bits ==
+    /// source_node`) and all of it is older than the source's round.
+    /// Returns the keys dropped.
+    pub fn drop_unlisted(
+        &mut self,
+        source_node: u32,
+        shard_bits: u32,
+        round_hlc: u64,
+        source_owns: impl Fn(&str) -> bool,
+        listed: impl Fn(&str) -> bool,
+    ) -> Vec<Rc<str>> {
+        let from_source = |v: Version| v.writer >> shard_bits == source_node && v.hlc < round_hlc;
+        let doomed: Vec<Rc<str>> = self
+            .services
+            .values()
+            .filter(|s| source_owns(s.id.grouped()) && !listed(&s.key))
+            .filter(|s| {
+                s.instances.values().all(|i| from_source(i.version))
+                    && s.tombstones.values().all(|v| from_source(*v))
+                    && (s.fields_version == Version::default() || from_source(s.fields_version))
+            })
+            .map(|s| s.key.clone())
+            .collect();
+        for k in &doomed {
+            if let Some(gone) = self.services.remove(k) {
+                self.instances -= gone.instances.len();
+            }
+        }
+        let tombs: Vec<Rc<str>> = self
+            .service_tombstones
+            .iter()
+            .filter(|(k, (id, v))| source_owns(id.grouped()) && !listed(k) && from_source(*v))
+            .map(|(k, _)| k.clone())
+            .collect();
+        for k in &tombs {
+            self.service_tombstones.remove(k);
+        }
+        doomed
+    }
+
+    /// The beat interval of a known instance, or None when this shard does
+    /// not hold it (a relayed beat's test, SPEC 4.3).
+    pub fn known_instance(&self, full_key: &str, instance_key: &str) -> Option<u64> {
+        self.services
+            .get(full_key)?
+            .instances
+            .get(instance_key)
+            .map(|i| i.timeouts.beat_interval_ms)
+    }
+}

@@ -1,0 +1,418 @@
+//! The peer endpoints (SPEC 4.4-4.6), the forwarding of client writes to
+//! the owner (SPEC 4.3), and the cluster's operator views. Every peer
+//! endpoint checks the cluster token first; a standalone node serves none.
+
+use std::rc::Rc;
+use std::sync::atomic::Ordering;
+
+use serde::{Deserialize, Serialize};
+
+use super::client::PeerRequest;
+use super::shard::RelayedBeat;
+use super::ClusterShared;
+use crate::api::{validate, Endpoint};
+use crate::distro::members::Member;
+use crate::http::params::Params;
+use crate::http::request::{Method, Request};
+use crate::reply::Reply;
+use crate::shard::router::shard_of;
+use crate::shard::{now_ms, ShardCtx};
+use crate::store::datum::Datum;
+use crate::store::service::ServiceId;
+use crate::store::Op;
+
+/// Keys asked for in one `GET /distro/datum` of a verify round.
+pub const FETCH_KEYS_MAX: usize = 1_000;
+
+/// A verify round's message (`PUT /distro/checksum?source=`).
+#[derive(Debug, Serialize, Deserialize)]
+pub struct Checksums {
+    /// The source's round: every version it wrote before has a lower hlc.
+    pub round: u64,
+    /// The source's healthy list (a drop needs the same view of owners).
+    pub healthy: Vec<String>,
+    /// (full key, checksum) of every service the source owns.
+    pub checksums: Vec<(String, u64)>,
+}
+
+/// A member report's body (Nacos sends its Member JSON).
+#[derive(Debug, Deserialize)]
+struct ReportBody {
+    ip: Option<String>,
+    port: Option<u16>,
+    address: Option<String>,
+}
+
+fn forbidden() -> Reply {
+    Reply::text(403, "peer request without a valid cluster token")
+}
+
+fn json_array<T: Serialize>(items: &[T]) -> Reply {
+    Reply::json(serde_json::to_vec(items).unwrap_or_else(|_| b"[]".to_vec()))
+}
+
+/// Answers a peer endpoint.
+pub async fn handle(ctx: &Rc<ShardCtx>, endpoint: Endpoint, req: &Request<'_>) -> Reply {
+    let Some(shared) = ctx.shared.cluster.as_ref() else {
+        return Reply::not_found("Not Found");
+    };
+    if !shared.authorized(req.token) {
+        return forbidden();
+    }
+    match endpoint {
+        Endpoint::ClusterReport => report(shared, &req.body),
+        Endpoint::DistroDatumPut => match serde_json::from_slice::<Vec<Datum>>(&req.body) {
+            Ok(datums) => match merge_everywhere(ctx, datums).await {
+                Ok(n) => Reply::text(200, n.to_string()),
+                Err(r) => r,
+            },
+            Err(e) => Reply::bad_request(format!("not a datum list: {e}")),
+        },
+        Endpoint::DistroDatumGet => {
+            let keys: Vec<String> = if req.body.is_empty() {
+                let params = Params::parse(req.query, None);
+                params
+                    .get("keys")
+                    .unwrap_or("")
+                    .split(',')
+                    .filter(|k| !k.is_empty())
+                    .map(str::to_string)
+                    .collect()
+            } else {
+                match serde_json::from_slice(&req.body) {
+                    Ok(k) => k,
+                    Err(e) => return Reply::bad_request(format!("not a key list: {e}")),
+                }
+            };
+            match datums_of(ctx, keys).await {
+                Ok(d) => json_array(&d),
+                Err(r) => r,
+            }
+        }
+        Endpoint::DistroSnapshot => {
+            if !shared.is_ready() {
+                return Reply::text(503, "starting: no snapshot yet");
+            }
+            match ctx.run_on_all(|c| c.state.borrow().store.snapshot()).await {
+                Ok(parts) => {
+                    let all: Vec<Datum> = parts.into_iter().flatten().collect();
+                    json_array(&all)
+                }
+                Err(r) => r,
+            }
+        }
+        Endpoint::DistroChecksum => {
+            let params = Params::parse(req.query, None);
+            let Some(source) = params.get("source").map(str::to_string) else {
+                return Reply::bad_request("source is required");
+            };
+            let Some(source_node) = shared.node_index(&source) else {
+                return Reply::bad_request(format!("{source} is not a member"));
+            };
+            let msg: Checksums = match serde_json::from_slice(&req.body) {
+                Ok(m) => m,
+                Err(e) => return Reply::bad_request(format!("not a checksum list: {e}")),
+            };
+            if ctx.begin_verify(&source) {
+                monoio::spawn(verify_from(ctx.clone(), source, source_node, msg));
+            }
+            Reply::ok()
+        }
+        Endpoint::DistroBeats => match serde_json::from_slice::<Vec<RelayedBeat>>(&req.body) {
+            Ok(beats) => {
+                let cores = ctx.shared.inboxes.len();
+                let mut per: Vec<Vec<RelayedBeat>> = vec![Vec::new(); cores];
+                for b in beats {
+                    let id = ServiceId::new(&b.0, &b.1, &b.2);
+                    per[shard_of(id.full_key(), cores)].push(b);
+                }
+                for (shard, beats) in per.into_iter().enumerate() {
+                    if beats.is_empty() {
+                        continue;
+                    }
+                    let done = ctx
+                        .run_on(shard, move |c| {
+                            let now = now_ms();
+                            for b in beats {
+                                c.execute(b.op(), None, now);
+                            }
+                        })
+                        .await;
+                    if let Err(r) = done {
+                        return r;
+                    }
+                }
+                Reply::ok()
+            }
+            Err(e) => Reply::bad_request(format!("not a beat list: {e}")),
+        },
+        _ => Reply::not_found("Not Found"),
+    }
+}
+
+fn report(shared: &ClusterShared, body: &[u8]) -> Reply {
+    let parsed: ReportBody = match serde_json::from_slice(body) {
+        Ok(b) => b,
+        Err(e) => return Reply::bad_request(format!("not a member JSON: {e}")),
+    };
+    let address = match (parsed.address, parsed.ip, parsed.port) {
+        (Some(a), _, _) => a,
+        (None, Some(ip), Some(port)) => format!("{ip}:{port}"),
+        _ => return Reply::bad_request("member address is required"),
+    };
+    let address = match address.parse::<std::net::SocketAddr>() {
+        Ok(a) => a.to_string(),
+        Err(_) => return Reply::bad_request(format!("{address} is not ip:port")),
+    };
+    if shared.node_index(&address).is_none() || address == shared.me {
+        return Reply::bad_request(format!("{address} is not another member"));
+    }
+    if shared.with_members(|m| m.report_received(&address)) {
+        tracing::info!(from = %address, "member UP (report received)");
+    }
+    if !shared.is_ready() {
+        // The reporter counts this node DOWN until it has loaded its
+        // snapshot, so nobody forwards to it meanwhile.
+        return Reply::text(503, "starting: loading snapshot");
+    }
+    Reply::json_value(&serde_json::json!({"code": 200, "message": null, "data": "ok"}))
+}
+
+/// Merges datums into the shards that hold their services.
+pub async fn merge_everywhere(ctx: &Rc<ShardCtx>, datums: Vec<Datum>) -> Result<usize, Reply> {
+    let cores = ctx.shared.inboxes.len();
+    let mut per: Vec<Vec<Datum>> = vec![Vec::new(); cores];
+    for d in datums {
+        let id = ServiceId::new(&d.namespace, &d.group, &d.name);
+        per[shard_of(id.full_key(), cores)].push(d);
+    }
+    let mut merged = 0;
+    for (shard, ds) in per.into_iter().enumerate() {
+        if ds.is_empty() {
+            continue;
+        }
+        merged += ctx
+            .run_on(shard, move |c| c.merge_datums(ds, now_ms()))
+            .await?;
+    }
+    Ok(merged)
+}
+
+async fn datums_of(ctx: &Rc<ShardCtx>, keys: Vec<String>) -> Result<Vec<Datum>, Reply> {
+    let cores = ctx.shared.inboxes.len();
+    let mut per: Vec<Vec<String>> = vec![Vec::new(); cores];
+    for k in keys {
+        per[shard_of(&k, cores)].push(k);
+    }
+    let mut out = Vec::new();
+    for (shard, ks) in per.into_iter().enumerate() {
+        if ks.is_empty() {
+            continue;
+        }
+        let part = ctx
+            .run_on(shard, move |c| {
+                let st = c.state.borrow();
+                ks.iter()
+                    .filter_map(|k| st.store.datum(k))
+                    .collect::<Vec<_>>()
+            })
+            .await?;
+        out.extend(part);
+    }
+    Ok(out)
+}
+
+/// The receiving side of a verify round: compare per shard (dropping what
+/// the source owns, no longer lists and alone wrote), then fetch what
+/// differs from the source and merge it.
+async fn verify_from(ctx: Rc<ShardCtx>, source: String, source_node: u32, msg: Checksums) {
+    let result = verify_inner(&ctx, &source, source_node, msg).await;
+    ctx.end_verify(&source);
+    if let Err(e) = result {
+        tracing::debug!(shard = ctx.id, %source, error = %e, "verify round failed");
+    }
+}
+
+async fn verify_inner(
+    ctx: &Rc<ShardCtx>,
+    source: &str,
+    source_node: u32,
+    msg: Checksums,
+) -> Result<(), String> {
+    let cores = ctx.shared.inboxes.len();
+    let same_view = ctx
+        .cluster
+        .as_ref()
+        .map(|cl| cl.state.borrow().view.healthy == msg.healthy)
+        .unwrap_or(false);
+    let mut per: Vec<Vec<(String, u64)>> = vec![Vec::new(); cores];
+    for (k, sum) in msg.checksums {
+        per[shard_of(&k, cores)].push((k, sum));
+    }
+    let mut fetch = Vec::new();
+    for (shard, theirs) in per.into_iter().enumerate() {
+        let src = source.to_string();
+        let round = msg.round;
+        let keys = ctx
+            .run_on(shard, move |c| {
+                c.verify_shard(&src, source_node, round, same_view, theirs)
+            })
+            .await
+            .map_err(|r| format!("shard {shard}: status {}", r.status))?;
+        fetch.extend(keys);
+    }
+    if fetch.is_empty() {
+        return Ok(());
+    }
+    ctx.stats()
+        .verify_fetches
+        .fetch_add(fetch.len() as u64, Ordering::Relaxed);
+    let cl = ctx.cluster.as_ref().ok_or("standalone")?;
+    for keys in fetch.chunks(FETCH_KEYS_MAX) {
+        let body = serde_json::to_vec(keys).map_err(|e| e.to_string())?;
+        let req = PeerRequest {
+            method: "GET",
+            target: "/nacos/v1/ns/distro/datum",
+            body: &body,
+            json: true,
+            forwarded: false,
+            user_agent: None,
+            timeout_ms: None,
+        };
+        let reply = cl
+            .client
+            .send(source, &req)
+            .await
+            .map_err(|e| e.to_string())?;
+        if reply.status != 200 {
+            return Err(format!("fetch: status {}", reply.status));
+        }
+        let datums: Vec<Datum> = serde_json::from_slice(&reply.body).map_err(|e| e.to_string())?;
+        merge_everywhere(ctx, datums)
+            .await
+            .map_err(|r| format!("merge: status {}", r.status))?;
+    }
+    Ok(())
+}
+
+/// SPEC 4.3: a client write or beat for a service another node owns.
+/// `Ok(reply)` when the owner (or the beat relay) answered; `Err(op)` when
+/// this node must apply the op itself (it owns the service, the op is not
+/// forwarded, or the owner could not be reached).
+pub async fn to_owner(ctx: &Rc<ShardCtx>, op: Op, req: &Request<'_>) -> Result<Reply, Op> {
+    let forwardable = matches!(
+        op,
+        Op::Register { .. }
+            | Op::Deregister { .. }
+            | Op::Update { .. }
+            | Op::Patch { .. }
+            | Op::Beat { .. }
+    );
+    if !forwardable {
+        return Err(op);
+    }
+    let Some(owner) = ctx.remote_owner(op.service().grouped()) else {
+        return Err(op);
+    };
+    if let Op::Beat { .. } = op {
+        let shard = shard_of(op.service().full_key(), ctx.shared.inboxes.len());
+        let (o, owner2) = (op.clone(), owner.clone());
+        if let Ok(Some(reply)) = ctx.run_on(shard, move |c| c.relay_beat(o, owner2)).await {
+            return Ok(reply);
+        }
+    }
+    let Some(cl) = ctx.cluster.as_ref() else {
+        return Err(op);
+    };
+    let target = if req.query.is_empty() {
+        req.path.to_string()
+    } else {
+        format!("{}?{}", req.path, req.query)
+    };
+    let method = match req.method {
+        Method::Post => "POST",
+        Method::Delete => "DELETE",
+        Method::Put => "PUT",
+        Method::Patch => "PATCH",
+        _ => "POST",
+    };
+    let preq = PeerRequest {
+        method,
+        target: &target,
+        body: &req.body,
+        json: !req.form_body,
+        forwarded: true,
+        user_agent: Some(req.user_agent),
+        timeout_ms: None,
+    };
+    match cl.client.send(&owner, &preq).await {
+        Ok(r) if r.status < 500 && r.status != 403 => {
+            ctx.stats().forwarded.fetch_add(1, Ordering::Relaxed);
+            Ok(Reply {
+                status: r.status,
+                json: r.json,
+                body: r.body,
+            })
+        }
+        other => {
+            // AP: a write is never refused because a peer is down (SPEC
+            // 4.3); replication settles it.
+            ctx.stats().forward_failures.fetch_add(1, Ordering::Relaxed);
+            let why = match other {
+                Ok(r) => format!("status {}", r.status),
+                Err(e) => e.to_string(),
+            };
+            tracing::debug!(shard = ctx.id, %owner, %why, "owner unreachable, applying locally");
+            Err(op)
+        }
+    }
+}
+
+fn member_json(m: &Member) -> serde_json::Value {
+    let (ip, port) = m.address.rsplit_once(':').unwrap_or((&m.address, "0"));
+    serde_json::json!({
+        "ip": ip,
+        "port": port.parse::<u16>().unwrap_or(0),
+        "address": m.address,
+        "state": m.state.name(),
+        "failAccessCnt": m.fail_count,
+        "extendInfo": {},
+    })
+}
+
+/// Operator and cluster views of a clustered node (None: standalone, the
+/// caller answers).
+pub fn views(ctx: &ShardCtx, endpoint: Endpoint, req: &Request<'_>) -> Option<Reply> {
+    let shared = ctx.shared.cluster.as_ref()?;
+    match endpoint {
+        Endpoint::OperatorServers | Endpoint::ClusterNodes => {
+            let members: Vec<serde_json::Value> =
+                shared.snapshot_members().iter().map(member_json).collect();
+            Some(if endpoint == Endpoint::OperatorServers {
+                Reply::json_value(&serde_json::json!({ "servers": members }))
+            } else {
+                Reply::json_value(
+                    &serde_json::json!({"code": 200, "message": null, "data": members}),
+                )
+            })
+        }
+        Endpoint::DistroServer => {
+            let params = Params::parse(req.query, req.form_body.then_some(&*req.body));
+            Some(match validate::service_id(&params) {
+                Ok(svc) => {
+                    ctx.refresh_view(now_ms());
+                    let cl = ctx.cluster.as_ref()?;
+                    let owner = cl.state.borrow().view.owner(svc.grouped()).to_string();
+                    Reply::json_value(&serde_json::json!({ "responsibleServer": owner }))
+                }
+                Err(r) => r,
+            })
+        }
+        Endpoint::Readiness => Some(if shared.is_ready() {
+            Reply::static_text(200, "OK")
+        } else {
+            Reply::static_text(500, "not ready: loading the cluster snapshot")
+        }),
+        _ => None,
+    }
+}
