@@ -24,6 +24,17 @@ impl Node {
         Self::start_with_env(args, &[])
     }
 
+    /// Starts a node with exactly `args` (no `--bind` added).
+    pub fn start_raw(args: &[String]) -> Node {
+        let child = Command::new(env!("CARGO_BIN_EXE_distro-registry"))
+            .args(args)
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("start distro-registry");
+        Self::attach(child)
+    }
+
     pub fn start_with_env(args: &[&str], env: &[(&str, &str)]) -> Node {
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_distro-registry"));
         cmd.args(["--bind", "127.0.0.1:0"]).args(args);
@@ -89,6 +100,19 @@ impl Node {
     pub fn req(&self, method: &str, path_and_query: &str, body: &str) -> Resp {
         let mut s = self.connect();
         send(&mut s, method, path_and_query, body, &[]);
+        read_response(&mut s).expect("response")
+    }
+
+    /// One request with extra headers on a fresh connection.
+    pub fn req_h(
+        &self,
+        method: &str,
+        path_and_query: &str,
+        body: &str,
+        headers: &[(&str, &str)],
+    ) -> Resp {
+        let mut s = self.connect();
+        send(&mut s, method, path_and_query, body, headers);
         read_response(&mut s).expect("response")
     }
 
