@@ -438,7 +438,9 @@ fn node_started_last_loads_the_snapshot_before_it_is_ready() {
     // Replication settled on both running members.
     for s in &svcs {
         for i in 0..2 {
-            assert!(eventually(Duration::from_secs(2), || ips(c.node(i), s).len() == 1));
+            assert!(eventually(Duration::from_secs(2), || ips(c.node(i), s)
+                .len()
+                == 1));
         }
     }
     c.start(2);

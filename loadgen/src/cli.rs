@@ -65,6 +65,10 @@ pub struct Args {
     /// Per-request timeout, ms.
     #[arg(long, default_value_t = 10_000)]
     pub timeout_ms: u64,
+    /// Drive all targets as one cluster: the items of burst, beat, query
+    /// and storm go to the targets round robin, in one run and one report.
+    #[arg(long)]
+    pub spread: bool,
     /// Beat period of the beat scenario, ms.
     #[arg(long, default_value_t = 5_000)]
     pub beat_period_ms: u64,
@@ -137,9 +141,10 @@ pub fn run(raw: Vec<String>) -> Result<Summary, String> {
         timeout: Duration::from_millis(args.timeout_ms),
         poll_interval: Duration::from_millis(5),
         converge_timeout: Duration::from_secs(10),
+        spread: args.spread,
     };
     // Converge needs every target at once; the rest run target by target.
-    let groups: Vec<Vec<Target>> = if args.scenario == "converge" {
+    let groups: Vec<Vec<Target>> = if args.scenario == "converge" || args.spread {
         vec![targets.clone()]
     } else {
         targets.iter().map(|t| vec![t.clone()]).collect()

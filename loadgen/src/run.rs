@@ -78,6 +78,9 @@ pub struct RunConfig {
     pub poll_interval: Duration,
     /// Converge: give up on a write after this long.
     pub converge_timeout: Duration,
+    /// Spread the items of the other scenarios over every target, round
+    /// robin (a cluster driven as one), instead of the first only.
+    pub spread: bool,
 }
 
 /// Progress counters a reporter thread prints.
@@ -333,7 +336,12 @@ async fn connection(shared: Arc<PhaseShared>, targets: Vec<SocketAddr>, stats: R
                     // The first request is measured from its intended send
                     // time; the others of a storm item from their own.
                     let sent = if n == 0 { start } else { Instant::now() };
-                    let result = conns.exec(0, &item).await.map(|_| sent.elapsed());
+                    let target = if shared.config.spread {
+                        k % conns.addrs.len()
+                    } else {
+                        0
+                    };
+                    let result = conns.exec(target, &item).await.map(|_| sent.elapsed());
                     record(&stats, item.op, result, &shared.progress);
                 }
             }

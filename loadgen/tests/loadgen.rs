@@ -546,3 +546,38 @@ fn paced_items_a_slow_server_never_got_are_counted_as_not_sent() {
     assert!(not_sent > 100, "{:?}", b.errors_by_kind);
     assert_eq!(b.count, 200, "sent + not sent = scheduled: {b:?}");
 }
+
+#[test]
+fn spread_drives_every_target_of_a_cluster_in_one_run() {
+    // Two "nodes" sharing one registry, like a converged cluster.
+    let reg = Registry::default();
+    let a = fake_sharing(Mode::Registry(Duration::ZERO), reg.clone());
+    let b = fake_sharing(Mode::Registry(Duration::ZERO), reg);
+    let (ua, ub) = (format!("http://{}", a.addr), format!("http://{}", b.addr));
+    let dir = out_dir("spread");
+    let s = run(&[
+        "--target",
+        &ua,
+        "--target",
+        &ub,
+        "--spread",
+        "--scenario",
+        "burst",
+        "--instances",
+        "600",
+        "--services",
+        "30",
+        "--connections",
+        "4",
+        "--threads",
+        "1",
+        "--out",
+        dir.to_str().unwrap(),
+    ]);
+    assert_eq!(s.targets.len(), 1, "one report for the whole cluster");
+    assert_eq!(a.registers.load(Relaxed), 300);
+    assert_eq!(b.registers.load(Relaxed), 300);
+    let o = op(&s, 0, "register");
+    assert_eq!((o.count, o.errors), (600, 0), "{:?}", o.errors_by_kind);
+    assert_eq!(op(&s, 0, "list").errors, 0);
+}
