@@ -27,6 +27,8 @@ pub const PEER_CONNECTIONS_MAX: usize = 32;
 pub const PEER_WAITERS_MAX: usize = 4_096;
 /// Largest answer read from a peer (a snapshot of a big registry).
 pub const RESPONSE_BYTES_MAX: usize = 2 * 1024 * 1024 * 1024 - 1;
+/// Answers this large keep the read buffer as their body (no copy).
+const ZERO_COPY_BODY_MIN_BYTES: usize = 1024 * 1024;
 /// Read buffer growth step.
 const READ_CHUNK_BYTES: usize = 64 * 1024;
 
@@ -242,9 +244,17 @@ async fn exchange(
     let (res, _) = stream.write_all(out).await;
     res?;
     let mut buf: Vec<u8> = Vec::with_capacity(READ_CHUNK_BYTES);
+    let mut sized = false;
     loop {
-        if let Some(done) = parse_response(&buf)? {
-            return Ok(done);
+        match parse_response(&buf)? {
+            Parsed::Done(head, reuse) => return Ok((head.reply(buf), reuse)),
+            // Room for the whole answer at once: a big snapshot is read
+            // without a copy per doubling.
+            Parsed::Need(total) if !sized => {
+                sized = true;
+                buf.reserve(total.saturating_sub(buf.len()));
+            }
+            _ => {}
         }
         if buf.len() > RESPONSE_BYTES_MAX {
             return Err(PeerError::BadResponse("response too large"));
@@ -263,13 +273,46 @@ async fn exchange(
     }
 }
 
-/// A complete response in `buf`, or None when more bytes are needed.
-fn parse_response(buf: &[u8]) -> Result<Option<(PeerReply, bool)>, PeerError> {
+/// A parsed response head and where its body lies in the buffer.
+struct Head {
+    status: u16,
+    json: bool,
+    body: std::ops::Range<usize>,
+}
+
+impl Head {
+    fn reply(self, buf: Vec<u8>) -> PeerReply {
+        let body = if self.body.len() >= ZERO_COPY_BODY_MIN_BYTES {
+            // Hand the read buffer itself over instead of a copy.
+            Bytes::from(buf).slice(self.body)
+        } else {
+            Bytes::copy_from_slice(&buf[self.body])
+        };
+        PeerReply {
+            status: self.status,
+            json: self.json,
+            body,
+        }
+    }
+}
+
+/// What `parse_response` found.
+enum Parsed {
+    /// The response, and whether the connection may be reused.
+    Done(Head, bool),
+    /// The head is incomplete.
+    Head,
+    /// The head is complete; the whole response is this many bytes.
+    Need(usize),
+}
+
+/// A complete response in `buf`, or what is still missing.
+fn parse_response(buf: &[u8]) -> Result<Parsed, PeerError> {
     let mut headers = [httparse::EMPTY_HEADER; 32];
     let mut resp = httparse::Response::new(&mut headers);
     let head_len = match resp.parse(buf) {
         Ok(httparse::Status::Complete(n)) => n,
-        Ok(httparse::Status::Partial) => return Ok(None),
+        Ok(httparse::Status::Partial) => return Ok(Parsed::Head),
         Err(_) => return Err(PeerError::BadResponse("unparsable head")),
     };
     let status = resp.code.unwrap_or(0);
@@ -294,12 +337,16 @@ fn parse_response(buf: &[u8]) -> Result<Option<(PeerReply, bool)>, PeerError> {
         return Err(PeerError::BadResponse("response too large"));
     }
     if buf.len() < head_len + len {
-        return Ok(None);
+        return Ok(Parsed::Need(head_len + len));
     }
     // Anything past the body would be an answer we never asked for.
     let reusable = keep && buf.len() == head_len + len;
-    let body = Bytes::copy_from_slice(&buf[head_len..head_len + len]);
-    Ok(Some((PeerReply { status, json, body }, reusable)))
+    let head = Head {
+        status,
+        json,
+        body: head_len..head_len + len,
+    };
+    Ok(Parsed::Done(head, reusable))
 }
 
 #[cfg(test)]
@@ -309,14 +356,19 @@ mod tests {
     #[test]
     fn parses_complete_and_partial_responses() {
         let r = b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 2\r\n\r\n{}";
-        let (reply, reuse) = parse_response(r).unwrap().unwrap();
+        let done = |b: &[u8]| match parse_response(b).unwrap() {
+            Parsed::Done(head, reuse) => (head.reply(b.to_vec()), reuse),
+            _ => panic!("incomplete"),
+        };
+        let (reply, reuse) = done(r);
         assert_eq!(reply.status, 200);
         assert!(reply.json);
         assert_eq!(&reply.body[..], b"{}");
         assert!(reuse);
-        assert!(parse_response(&r[..r.len() - 1]).unwrap().is_none());
+        assert!(matches!(parse_response(&r[..r.len() - 1]), Ok(Parsed::Need(n)) if n == r.len()));
+        assert!(matches!(parse_response(&r[..10]), Ok(Parsed::Head)));
         let close = b"HTTP/1.1 403 Forbidden\r\nConnection: close\r\nContent-Length: 0\r\n\r\n";
-        let (reply, reuse) = parse_response(close).unwrap().unwrap();
+        let (reply, reuse) = done(close);
         assert_eq!(reply.status, 403);
         assert!(!reuse);
         assert!(parse_response(b"HTTP/1.1 200 OK\r\n\r\n").is_err());

@@ -69,6 +69,7 @@ async fn load_snapshot(ctx: &Rc<ShardCtx>) {
             let t0 = Instant::now();
             match cl.client.send(peer, &req).await {
                 Ok(r) if r.status == 200 => {
+                    let received_ms = t0.elapsed().as_millis() as u64;
                     let datums: Vec<Datum> = match serde_json::from_slice(&r.body) {
                         Ok(d) => d,
                         Err(e) => {
@@ -78,10 +79,11 @@ async fn load_snapshot(ctx: &Rc<ShardCtx>) {
                     };
                     let services = datums.len();
                     let instances: usize = datums.iter().map(|d| d.instances.len()).sum();
+                    let parsed_ms = t0.elapsed().as_millis() as u64;
                     match merge_everywhere(ctx, datums).await {
                         Ok(_) => {
                             shared.ready.store(true, Ordering::Release);
-                            tracing::info!(%peer, services, instances, bytes = r.body.len(), ms = t0.elapsed().as_millis() as u64, "snapshot loaded; ready");
+                            tracing::info!(%peer, services, instances, bytes = r.body.len(), received_ms, parsed_ms, ms = t0.elapsed().as_millis() as u64, "snapshot loaded; ready");
                             return;
                         }
                         Err(e) => {

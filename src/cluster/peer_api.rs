@@ -93,10 +93,28 @@ pub async fn handle(ctx: &Rc<ShardCtx>, endpoint: Endpoint, req: &Request<'_>) -
             if !shared.is_ready() {
                 return Reply::text(503, "starting: no snapshot yet");
             }
-            match ctx.run_on_all(|c| c.state.borrow().store.snapshot()).await {
+            // Each shard writes its part of the JSON array; the parts are
+            // joined here (one copy), never cloned into `Datum`s.
+            let parts = ctx
+                .run_on_all(|c| {
+                    let mut part = Vec::new();
+                    c.state.borrow().store.write_snapshot(&mut part, true);
+                    part
+                })
+                .await;
+            match parts {
                 Ok(parts) => {
-                    let all: Vec<Datum> = parts.into_iter().flatten().collect();
-                    json_array(&all)
+                    let len: usize = parts.iter().map(|p| p.len() + 1).sum();
+                    let mut body = Vec::with_capacity(len + 2);
+                    body.push(b'[');
+                    for p in parts.iter().filter(|p| !p.is_empty()) {
+                        if body.len() > 1 {
+                            body.push(b',');
+                        }
+                        body.extend_from_slice(p);
+                    }
+                    body.push(b']');
+                    Reply::json(body)
                 }
                 Err(r) => r,
             }

@@ -221,7 +221,7 @@ impl ShardCtx {
         let view = cl.state.borrow().view.clone();
         let mut st = self.state.borrow_mut();
         let st = &mut *st;
-        let fetch = keys_to_fetch(&theirs, |k| st.store.datum(k).map(|d| d.checksum()));
+        let fetch = keys_to_fetch(&theirs, |k| st.store.checksum(k));
         if same_view {
             let listed: HashSet<&str> = theirs.iter().map(|(k, _)| k.as_str()).collect();
             let dropped = st.store.drop_unlisted(

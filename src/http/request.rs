@@ -88,6 +88,15 @@ fn method_of(m: &str) -> Method {
     }
 }
 
+/// Whether the request at the start of `buf` names a peer path (whose
+/// bodies may be larger), judged from the request line alone.
+pub fn targets_peer_path(buf: &[u8]) -> bool {
+    let line = buf.split(|b| *b == b'\n').next().unwrap_or(b"");
+    line.split(|b| *b == b' ')
+        .nth(1)
+        .is_some_and(|t| t.starts_with(PEER_PATH_PREFIX.as_bytes()))
+}
+
 /// Frames the first request in `buf`.
 pub fn parse(buf: &[u8], limits: Limits) -> Parsed<'_> {
     let mut headers = [httparse::EMPTY_HEADER; HEADERS_MAX];

@@ -139,7 +139,12 @@ async fn serve_inner(ctx: &Rc<ShardCtx>, stream: &mut TcpStream, peer: SocketAdd
             continue; // more complete requests may already be buffered
         }
         let l = ctx.limits;
-        if buf.len() > l.header_bytes_max + 2 * l.body_bytes_max + READ_CHUNK_BYTES {
+        let body_max = if request::targets_peer_path(&buf) {
+            l.peer_body_bytes_max
+        } else {
+            l.body_bytes_max
+        };
+        if buf.len() > l.header_bytes_max + 2 * body_max + READ_CHUNK_BYTES {
             // Only a chunked body with very small chunks gets here.
             let mut o = Vec::new();
             response::write(&mut o, &Reply::text(413, "Payload Too Large"), false, false);

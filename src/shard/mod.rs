@@ -32,6 +32,10 @@ use inbox::Inbox;
 
 /// Longest pause of a shard's housekeeping tick (expiry, pushes, shutdown).
 const TICK_MS_MAX: u64 = 100;
+/// Shortest pause of the tick.
+const TICK_MS_MIN: u64 = 5;
+/// Ticks per `--sync-delay-ms` on a clustered node.
+const REPLICATION_TICKS_PER_DELAY: u64 = 4;
 /// Largest datagram accepted on the push socket (acks are small).
 const UDP_RECV_BYTES: usize = 64 * 1024;
 
@@ -349,7 +353,13 @@ async fn udp_recv_loop(ctx: Rc<ShardCtx>, udp: Rc<UdpSocket>) {
 /// Housekeeping: expiry, due pushes and resends, and noticing shutdown.
 async fn tick_loop(ctx: Rc<ShardCtx>, udp: Rc<UdpSocket>, canceller: monoio::io::Canceller) {
     let c = &ctx.shared.config;
-    let tick = Duration::from_millis(c.expiry_tick_ms.min(c.push_delay_ms).clamp(1, TICK_MS_MAX));
+    let mut tick_ms = c.expiry_tick_ms.min(c.push_delay_ms);
+    if ctx.cluster.is_some() {
+        // Replication leaves within a quarter of the sync delay of its due
+        // time.
+        tick_ms = tick_ms.min(c.sync_delay_ms / REPLICATION_TICKS_PER_DELAY);
+    }
+    let tick = Duration::from_millis(tick_ms.clamp(TICK_MS_MIN, TICK_MS_MAX));
     let mut out = Vec::new();
     let mut last_tick = now_ms();
     loop {

@@ -62,30 +62,46 @@ impl Datum {
 impl Datum {
     /// A checksum of the replicated state: equal on two nodes exactly when
     /// they hold the same versions (values travel with their versions).
-    /// Stable across processes: FNV-1a, not a seeded hasher.
     pub fn checksum(&self) -> u64 {
-        fn eat(h: &mut u64, bytes: &[u8]) {
-            for b in bytes {
-                *h ^= u64::from(*b);
-                *h = h.wrapping_mul(0x0000_0100_0000_01b3);
-            }
-        }
-        fn version(h: &mut u64, v: Version) {
-            eat(h, &v.hlc.to_le_bytes());
-            eat(h, &v.writer.to_le_bytes());
-        }
-        let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-        version(&mut h, self.fields.version);
-        if let Some(d) = self.deleted {
-            eat(&mut h, b"deleted");
-            version(&mut h, d);
-        }
         // `instances` is sorted by key in every datum a store exports.
-        for r in &self.instances {
-            eat(&mut h, r.key.as_bytes());
-            eat(&mut h, &[u8::from(r.deleted)]);
-            version(&mut h, r.version);
-        }
-        h
+        checksum_of(
+            self.fields.version,
+            self.deleted,
+            self.instances
+                .iter()
+                .map(|r| (r.key.as_str(), r.deleted, r.version)),
+        )
     }
+}
+
+/// The checksum of a datum from its parts: the fields version, the service
+/// tombstone, and the (key, deleted, version) records sorted by key.
+/// Stable across processes: FNV-1a, not a seeded hasher.
+pub fn checksum_of<'a>(
+    fields: Version,
+    deleted: Option<Version>,
+    records: impl Iterator<Item = (&'a str, bool, Version)>,
+) -> u64 {
+    fn eat(h: &mut u64, bytes: &[u8]) {
+        for b in bytes {
+            *h ^= u64::from(*b);
+            *h = h.wrapping_mul(0x0000_0100_0000_01b3);
+        }
+    }
+    fn version(h: &mut u64, v: Version) {
+        eat(h, &v.hlc.to_le_bytes());
+        eat(h, &v.writer.to_le_bytes());
+    }
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    version(&mut h, fields);
+    if let Some(d) = deleted {
+        eat(&mut h, b"deleted");
+        version(&mut h, d);
+    }
+    for (key, deleted, v) in records {
+        eat(&mut h, key.as_bytes());
+        eat(&mut h, &[u8::from(deleted)]);
+        version(&mut h, v);
+    }
+    h
 }

@@ -252,7 +252,10 @@ impl Store {
             match inst_key {
                 Some(k) => {
                     if let Some(s) = self.services.get_mut(&svc_key) {
-                        s.tombstones.remove(&k);
+                        if s.tombstones.remove(&k).is_some() {
+                            // The checksum covers tombstones; lists do not.
+                            s.revision += 1;
+                        }
                     }
                 }
                 None => {

@@ -4,7 +4,7 @@
 
 use std::rc::Rc;
 
-use super::datum::{Datum, FieldsRecord, InstanceRecord};
+use super::datum::{checksum_of, Datum, FieldsRecord, InstanceRecord};
 use super::instance::{Instance, InstanceAddr, Metadata};
 use super::service::{Service, ServiceId};
 use super::Store;
@@ -260,8 +260,36 @@ impl Store {
             .filter(|(_, (id, _))| owns(id.grouped()))
             .map(|(k, _)| k.clone());
         live.chain(dead)
-            .filter_map(|k| self.datum(&k).map(|d| (k.to_string(), d.checksum())))
+            .filter_map(|k| self.checksum(&k).map(|sum| (k.to_string(), sum)))
             .collect()
+    }
+
+    /// The checksum of `datum(full_key)` without building it; cached per
+    /// service revision.
+    pub fn checksum(&self, full_key: &str) -> Option<u64> {
+        if let Some(s) = self.services.get(full_key) {
+            if let Some((rev, sum)) = s.checksum_cache.get() {
+                if rev == s.revision {
+                    return Some(sum);
+                }
+            }
+            let mut records: Vec<(&str, bool, Version)> = s
+                .instances
+                .values()
+                .map(|i| (&*i.key, false, i.version))
+                .chain(s.tombstones.iter().map(|(k, v)| (&**k, true, *v)))
+                .collect();
+            records.sort_unstable_by(|a, b| a.0.cmp(b.0));
+            let sum = checksum_of(s.fields_version, None, records.into_iter());
+            s.checksum_cache.set(Some((s.revision, sum)));
+            return Some(sum);
+        }
+        let (_, version) = self.service_tombstones.get(full_key)?;
+        Some(checksum_of(
+            Version::default(),
+            Some(*version),
+            std::iter::empty(),
+        ))
     }
 
     /// The verify round's conditional drop (SPEC 4.4): services that
@@ -315,5 +343,134 @@ impl Store {
             .instances
             .get(instance_key)
             .map(|i| i.timeouts.beat_interval_ms)
+    }
+}
+
+/// Borrowed mirrors of the datum types: the snapshot is serialized
+/// straight from the store, without cloning a million records first. The
+/// field names must match `Datum`'s (`snapshot_json_parses_as_datums`).
+mod borrowed {
+    use serde::Serialize;
+
+    use super::super::instance::Metadata;
+    use crate::distro::hlc::Version;
+
+    #[derive(Serialize)]
+    pub struct Fields<'a> {
+        pub protect_threshold: f64,
+        pub metadata: &'a Metadata,
+        pub selector: &'a serde_json::Value,
+        pub version: Version,
+    }
+
+    #[derive(Serialize)]
+    pub struct Record<'a> {
+        pub key: &'a str,
+        pub ip: &'a str,
+        pub port: u16,
+        pub cluster: &'a str,
+        pub weight: f64,
+        pub healthy: bool,
+        pub enabled: bool,
+        pub ephemeral: bool,
+        pub metadata: &'a Metadata,
+        pub version: Version,
+        pub deleted: bool,
+    }
+
+    #[derive(Serialize)]
+    pub struct Datum<'a> {
+        pub namespace: &'a str,
+        pub group: &'a str,
+        pub name: &'a str,
+        pub fields: Fields<'a>,
+        pub deleted: Option<Version>,
+        pub instances: Vec<Record<'a>>,
+    }
+}
+
+/// Bytes reserved per instance when a snapshot is serialized.
+const SNAPSHOT_BYTES_PER_INSTANCE: usize = 256;
+
+impl Store {
+    /// Appends every service (as in `snapshot`) to `out` as JSON datums
+    /// separated by commas, without the enclosing brackets; `first` says
+    /// whether `out` holds no datum yet. Returns the new `first`.
+    pub fn write_snapshot(&self, out: &mut Vec<u8>, mut first: bool) -> bool {
+        out.reserve(self.instances * SNAPSHOT_BYTES_PER_INSTANCE);
+        let empty = Metadata::new();
+        let no_selector = serde_json::json!({"type": "none"});
+        for s in self.services.values() {
+            let mut instances: Vec<borrowed::Record> = s
+                .instances
+                .values()
+                .map(|i| borrowed::Record {
+                    key: &i.key,
+                    ip: &i.addr.ip,
+                    port: i.addr.port,
+                    cluster: &i.addr.cluster,
+                    weight: i.weight,
+                    healthy: i.healthy,
+                    enabled: i.enabled,
+                    ephemeral: i.ephemeral,
+                    metadata: &i.metadata,
+                    version: i.version,
+                    deleted: false,
+                })
+                .chain(s.tombstones.iter().map(|(k, v)| borrowed::Record {
+                    key: k,
+                    ip: "",
+                    port: 0,
+                    cluster: "",
+                    weight: 0.0,
+                    healthy: false,
+                    enabled: false,
+                    ephemeral: true,
+                    metadata: &empty,
+                    version: *v,
+                    deleted: true,
+                }))
+                .collect();
+            instances.sort_unstable_by(|a, b| a.key.cmp(b.key));
+            let d = borrowed::Datum {
+                namespace: s.id.namespace(),
+                group: s.id.group(),
+                name: s.id.name(),
+                fields: borrowed::Fields {
+                    protect_threshold: s.protect_threshold,
+                    metadata: &s.metadata,
+                    selector: &s.selector,
+                    version: s.fields_version,
+                },
+                deleted: None,
+                instances,
+            };
+            if !first {
+                out.push(b',');
+            }
+            first = false;
+            serde_json::to_writer(&mut *out, &d).expect("datum serializes");
+        }
+        for (id, v) in self.service_tombstones.values() {
+            let d = borrowed::Datum {
+                namespace: id.namespace(),
+                group: id.group(),
+                name: id.name(),
+                fields: borrowed::Fields {
+                    protect_threshold: 0.0,
+                    metadata: &empty,
+                    selector: &no_selector,
+                    version: Version::default(),
+                },
+                deleted: Some(*v),
+                instances: Vec::new(),
+            };
+            if !first {
+                out.push(b',');
+            }
+            first = false;
+            serde_json::to_writer(&mut *out, &d).expect("datum serializes");
+        }
+        first
     }
 }

@@ -86,6 +86,8 @@ pub struct Service {
     pub fields_version: crate::distro::hlc::Version,
     /// Versions of deleted instances by key, kept until purged.
     pub tombstones: super::Map<Rc<str>, crate::distro::hlc::Version>,
+    /// The replication checksum and the revision it was computed at.
+    pub checksum_cache: std::cell::Cell<Option<(u64, u64)>>,
 }
 
 impl Service {
@@ -103,6 +105,7 @@ impl Service {
             list_cache: Vec::new(),
             fields_version: Default::default(),
             tombstones: super::Map::default(),
+            checksum_cache: std::cell::Cell::new(None),
         }
     }
 

@@ -502,3 +502,103 @@ fn a_new_owner_gives_every_instance_a_full_timeout() {
     new_owner.expire(7_100, &mut changed);
     assert!(ips(&mut new_owner, "g", 7_100).is_empty());
 }
+
+#[test]
+fn cached_checksums_always_equal_the_exported_datums() {
+    let mut a = node(1);
+    let same = |a: &Store, name: &str| {
+        let k = svc(name).full_key().to_string();
+        assert_eq!(a.checksum(&k), a.datum(&k).map(|d| d.checksum()), "{name}");
+        a.checksum(&k)
+    };
+    for (i, ip) in ["10.0.0.1", "10.0.0.2", "10.0.0.3"].iter().enumerate() {
+        a.apply(
+            Op::Register {
+                svc: svc("c"),
+                spec: spec(ip, 80, &[]),
+            },
+            i as u64,
+        );
+    }
+    let s1 = same(&a, "c");
+    assert_eq!(same(&a, "c"), s1, "cached value reused");
+    a.apply(
+        Op::Deregister {
+            svc: svc("c"),
+            addr: addr("10.0.0.2", 80),
+        },
+        1_000,
+    );
+    let s2 = same(&a, "c");
+    assert_ne!(s1, s2, "a tombstone changes the checksum");
+    let ttl = TOMBSTONE_VERIFY_ROUNDS_MS + Timeouts::default().delete_timeout_ms;
+    // Purging the tombstone changes it again (and the cache notices).
+    let mut changed = Vec::new();
+    a.apply(
+        Op::Register {
+            svc: svc("p"),
+            spec: InstanceSpec {
+                ephemeral: false,
+                ..spec("10.0.1.1", 80, &[])
+            },
+        },
+        0,
+    );
+    // Expiry (instances deleted, tombstones left) and then the purge of
+    // the deregister's tombstone: each changes the checksum.
+    a.expire(1_000 + ttl, &mut changed);
+    let s3 = same(&a, "c");
+    assert_ne!(s2, s3);
+    // Service tombstones too.
+    a.apply(
+        Op::Deregister {
+            svc: svc("p"),
+            addr: addr("10.0.1.1", 80),
+        },
+        60_000,
+    );
+    let r = a.apply(Op::DeleteService { svc: svc("p") }, 60_001);
+    assert_eq!(r.reply.status, 200);
+    let k = svc("p").full_key().to_string();
+    assert!(a.datum(&k).unwrap().deleted.is_some());
+    same(&a, "p");
+    assert_eq!(same(&a, "never"), None);
+}
+
+#[test]
+fn snapshot_json_parses_as_datums() {
+    let mut a = node(1);
+    for (name, ip) in [("x", "10.0.0.1"), ("x", "10.0.0.2"), ("y", "10.0.0.3")] {
+        a.apply(
+            Op::Register {
+                svc: svc(name),
+                spec: spec(ip, 80, &[("zone", "a\"b")]),
+            },
+            5,
+        );
+    }
+    a.apply(
+        Op::Deregister {
+            svc: svc("x"),
+            addr: addr("10.0.0.2", 80),
+        },
+        6,
+    );
+    a.apply(
+        Op::Deregister {
+            svc: svc("y"),
+            addr: addr("10.0.0.3", 80),
+        },
+        7,
+    );
+    a.apply(Op::DeleteService { svc: svc("y") }, 8);
+    let mut out = vec![b'['];
+    a.write_snapshot(&mut out, true);
+    out.push(b']');
+    let mut parsed: Vec<datum::Datum> = serde_json::from_slice(&out).unwrap();
+    let mut expected = a.snapshot();
+    parsed.sort_by(|p, q| p.name.cmp(&q.name));
+    expected.sort_by(|p, q| p.name.cmp(&q.name));
+    assert_eq!(parsed.len(), 2);
+    assert_eq!(parsed, expected);
+}
