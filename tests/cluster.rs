@@ -592,3 +592,112 @@ fn a_cluster_node_refuses_to_start_without_a_token_or_outside_the_members() {
     assert!(err.contains("not both"), "{err}");
     let _ = std::fs::remove_file(&dir);
 }
+
+#[test]
+fn beats_through_other_nodes_are_relayed_and_keep_the_owners_instances_healthy() {
+    let c = Cluster::new(&[0, 1, 2], &[]);
+    for i in 0..3 {
+        c.wait_ready(i);
+    }
+    c.wait_up(3);
+    let owned: Vec<String> = (0..200)
+        .map(|k| format!("relay-svc-{k}"))
+        .filter(|s| owner_of(&c, s) == 0)
+        .take(3)
+        .collect();
+    for s in &owned {
+        assert_eq!(register(c.node(0), s, "10.6.0.1", "").status, 200);
+        assert!(eventually(Duration::from_secs(2), || {
+            ips(c.node(1), s).len() == 1 && ips(c.node(2), s).len() == 1
+        }));
+    }
+    // 5 s of light beats (no beat JSON) through nodes 1 and 2 only: past
+    // the 3 s unhealthy timeout, so the owner keeps them healthy only if
+    // the relayed beats reach it.
+    let start = Instant::now();
+    let mut k = 0;
+    while start.elapsed() < Duration::from_secs(5) {
+        for s in &owned {
+            let via = c.node(1 + k % 2);
+            let r = via.req(
+                "PUT",
+                &format!("/nacos/v1/ns/instance/beat?serviceName={s}&ip=10.6.0.1&port=8080"),
+                "",
+            );
+            assert_eq!(r.json()["code"], 10200, "{}", r.body);
+            k += 1;
+        }
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    for s in &owned {
+        assert_eq!(
+            healthy_ips(c.node(0), s).len(),
+            1,
+            "{s} unhealthy on its owner"
+        );
+    }
+    let relayed = metric(c.node(1), "registry_beats_relayed_total")
+        + metric(c.node(2), "registry_beats_relayed_total");
+    assert!(relayed >= 20, "only {relayed} beats relayed");
+    assert_eq!(metric(c.node(0), "registry_forwarded_total"), 0);
+    // A light beat for an instance nobody knows is forwarded to the owner
+    // synchronously, so the client hears 20404 and re-registers.
+    let r = c.node(1).req(
+        "PUT",
+        &format!(
+            "/nacos/v1/ns/instance/beat?serviceName={}&ip=10.6.9.9&port=1",
+            owned[0]
+        ),
+        "",
+    );
+    assert_eq!(r.json()["code"], 20404, "{}", r.body);
+}
+
+#[test]
+fn members_can_come_from_a_cluster_conf_file() {
+    let ports = free_ports(2);
+    let me = format!("127.0.0.1:{}", ports[0]);
+    let conf = std::env::temp_dir().join(format!("dr-cluster-{}.conf", std::process::id()));
+    std::fs::write(
+        &conf,
+        format!(
+            "# two members\n{me}\n\n127.0.0.1:{} # not started\n",
+            ports[1]
+        ),
+    )
+    .unwrap();
+    let n = Node::start_raw(&[
+        "--bind".into(),
+        me.clone(),
+        "--cluster-conf".into(),
+        conf.to_str().unwrap().into(),
+        "--cluster-token".into(),
+        TOKEN.into(),
+        "--report-interval-ms".into(),
+        "200".into(),
+    ]);
+    let v = n.json("/nacos/v1/ns/operator/servers");
+    let addrs: BTreeSet<String> = v["servers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["address"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(
+        addrs,
+        BTreeSet::from([me.clone(), format!("127.0.0.1:{}", ports[1])])
+    );
+    // The absent member turns DOWN (connection refused) and this node owns
+    // everything.
+    assert!(eventually(Duration::from_secs(15), || {
+        let v = n.json("/nacos/v1/core/cluster/nodes");
+        v["data"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|m| m["state"] == "DOWN")
+            && n.json("/nacos/v1/ns/operator/distro/server?serviceName=x")["responsibleServer"]
+                == me.as_str()
+    }));
+    let _ = std::fs::remove_file(&conf);
+}

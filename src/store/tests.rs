@@ -602,3 +602,53 @@ fn snapshot_json_parses_as_datums() {
     assert_eq!(parsed.len(), 2);
     assert_eq!(parsed, expected);
 }
+
+#[test]
+fn verify_drops_only_what_the_source_alone_wrote_before_its_round() {
+    use crate::distro::hlc::pack;
+    // Source node 1 (writers 1<<8 | shard), replica node 2.
+    let mut source = node(1 << 8);
+    let mut replica = node(2 << 8);
+    let reg = |s: &mut Store, name: &str, ip: &str, t: u64| {
+        s.apply(
+            Op::Register {
+                svc: svc(name),
+                spec: spec(ip, 80, &[]),
+            },
+            t,
+        );
+    };
+    reg(&mut source, "only-source", "10.0.0.1", 1_000);
+    reg(&mut source, "mixed", "10.0.0.2", 1_000);
+    reg(&mut source, "late", "10.0.0.3", 9_000);
+    for name in ["only-source", "mixed", "late"] {
+        let k = svc(name).full_key().to_string();
+        replica.merge(source.datum(&k).unwrap(), 1_500);
+    }
+    // The replica itself wrote into "mixed".
+    reg(&mut replica, "mixed", "10.0.0.9", 2_000);
+    let round = pack(5_000, 0);
+    // The source listed none of them (it forgot them).
+    let dropped = replica.drop_unlisted(1, 8, round, |_| true, |_| false);
+    let dropped: Vec<&str> = dropped.iter().map(|k| &**k).collect();
+    assert_eq!(dropped, [svc("only-source").full_key()]);
+    assert!(
+        replica.datum(svc("mixed").full_key()).is_some(),
+        "has our own write"
+    );
+    assert!(
+        replica.datum(svc("late").full_key()).is_some(),
+        "newer than the round"
+    );
+    // Listed services, and services another node owns, are never dropped.
+    reg(&mut source, "listed", "10.0.0.4", 1_000);
+    let k = svc("listed").full_key().to_string();
+    replica.merge(source.datum(&k).unwrap(), 1_500);
+    assert!(replica
+        .drop_unlisted(1, 8, round, |_| true, |key| key == k)
+        .is_empty());
+    assert!(replica
+        .drop_unlisted(1, 8, round, |_| false, |_| false)
+        .is_empty());
+    assert_eq!(replica.counts().services, 3);
+}
