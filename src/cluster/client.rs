@@ -73,6 +73,21 @@ pub struct PeerRequest<'a> {
     pub timeout_ms: Option<u64>,
 }
 
+impl<'a> PeerRequest<'a> {
+    /// A peer-protocol call with a JSON body and the default timeout.
+    pub fn json(method: &'a str, target: &'a str, body: &'a [u8]) -> PeerRequest<'a> {
+        PeerRequest {
+            method,
+            target,
+            body,
+            json: true,
+            forwarded: false,
+            user_agent: None,
+            timeout_ms: None,
+        }
+    }
+}
+
 #[derive(Default)]
 struct Pool {
     idle: Vec<TcpStream>,

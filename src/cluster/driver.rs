@@ -133,15 +133,7 @@ async fn report_loop(ctx: &Rc<ShardCtx>) {
             return;
         }
         if let Some(target) = shared.with_members(|m| m.next_report_target()) {
-            let req = PeerRequest {
-                method: "POST",
-                target: "/nacos/v1/core/cluster/report",
-                body: &body,
-                json: true,
-                forwarded: false,
-                user_agent: None,
-                timeout_ms: None,
-            };
+            let req = PeerRequest::json("POST", "/nacos/v1/core/cluster/report", &body);
             let outcome = cl.client.send(&target, &req).await;
             let (changed, what) = match &outcome {
                 Ok(r) if r.status == 200 => (shared.with_members(|m| m.report_ok(&target)), "UP"),
@@ -210,15 +202,7 @@ async fn verify_loop(ctx: Rc<ShardCtx>) {
             let (ctx, body, target) = (ctx.clone(), body.clone(), target.clone());
             monoio::spawn(async move {
                 let cl = ctx.cluster.as_ref().expect("clustered");
-                let req = PeerRequest {
-                    method: "PUT",
-                    target: &target,
-                    body: &body,
-                    json: true,
-                    forwarded: false,
-                    user_agent: None,
-                    timeout_ms: None,
-                };
+                let req = PeerRequest::json("PUT", &target, &body);
                 if let Err(e) = cl.client.send(&peer, &req).await {
                     tracing::debug!(%peer, error = %e, "verify send failed");
                 }

@@ -288,15 +288,7 @@ async fn verify_inner(
     let cl = ctx.cluster.as_ref().ok_or("standalone")?;
     for keys in fetch.chunks(FETCH_KEYS_MAX) {
         let body = serde_json::to_vec(keys).map_err(|e| e.to_string())?;
-        let req = PeerRequest {
-            method: "GET",
-            target: "/nacos/v1/ns/distro/datum",
-            body: &body,
-            json: true,
-            forwarded: false,
-            user_agent: None,
-            timeout_ms: None,
-        };
+        let req = PeerRequest::json("GET", "/nacos/v1/ns/distro/datum", &body);
         let reply = cl
             .client
             .send(source, &req)

@@ -314,15 +314,7 @@ impl ShardCtx {
 
 async fn send_datums(ctx: Rc<ShardCtx>, peer: String, services: Vec<String>, body: Vec<u8>) {
     let cl = ctx.cluster.as_ref().expect("clustered");
-    let req = PeerRequest {
-        method: "PUT",
-        target: "/nacos/v1/ns/distro/datum",
-        body: &body,
-        json: true,
-        forwarded: false,
-        user_agent: None,
-        timeout_ms: None,
-    };
+    let req = PeerRequest::json("PUT", "/nacos/v1/ns/distro/datum", &body);
     let result = cl.client.send(&peer, &req).await;
     let stats = ctx.stats();
     let mut st = cl.state.borrow_mut();
@@ -355,15 +347,7 @@ async fn send_datums(ctx: Rc<ShardCtx>, peer: String, services: Vec<String>, bod
 async fn send_beats(ctx: Rc<ShardCtx>, owner: String, beats: Vec<RelayedBeat>) {
     let cl = ctx.cluster.as_ref().expect("clustered");
     let body = serde_json::to_vec(&beats).expect("beats serialize");
-    let req = PeerRequest {
-        method: "PUT",
-        target: "/nacos/v1/ns/distro/beats",
-        body: &body,
-        json: true,
-        forwarded: false,
-        user_agent: None,
-        timeout_ms: None,
-    };
+    let req = PeerRequest::json("PUT", "/nacos/v1/ns/distro/beats", &body);
     match cl.client.send(&owner, &req).await {
         Ok(r) if r.status == 200 => {}
         other => {
