@@ -81,7 +81,7 @@ snapshot)
   start 2 "$LOGDIR/n2.log"
   wait_ready "${A[2]}"
   t1=$(date +%s%N)
-  line=$(grep "snapshot loaded" "$LOGDIR/n2.log" | sed 's/\x1b\[[0-9;]*m//g' || true)
+  line=$(grep "snapshot loaded" "$LOGDIR/n2.log" | sed 's/\x1b\[[0-9;]*m//g; s/.*snapshot loaded //' | paste -sd';' || true)
   count=$(curl -s "http://${A[2]}/metrics" | grep '^registry_instances ' | cut -d' ' -f2)
   rss=$(grep VmRSS "/proc/${PIDS[2]}/status" | awk '{print $2}')
   {
@@ -89,7 +89,7 @@ snapshot)
     echo
     echo "| instances in the cluster | joiner holds | start to ready | joiner's log | joiner RSS |"
     echo "|---|---|---|---|---|"
-    echo "| $INSTANCES | $count | $(( (t1 - t0) / 1000000 )) ms | ${line##*snapshot loaded; } | $((rss / 1024)) MiB |"
+    echo "| $INSTANCES | $count | $(( (t1 - t0) / 1000000 )) ms | $line | $((rss / 1024)) MiB |"
     echo
     echo "command: bench/cluster.sh snapshot (INSTANCES=$INSTANCES, CORES=$CORES)"
   } | tee "$OUT/cluster-snapshot.md"

@@ -24,13 +24,12 @@ def datum(s):
         "fields": {"protect_threshold": 0.0, "metadata": {},
                    "selector": {"type": "none"}, "version": v},
         "deleted": None,
-        "instances": [{
-            "key": f"10.{s // 250}.{s % 250}.{i % 250}#{8000 + i // 250}#DEFAULT",
-            "ip": f"10.{s // 250}.{s % 250}.{i % 250}", "port": 8000 + i // 250,
-            "cluster": "DEFAULT", "weight": 1.0, "healthy": True, "enabled": True,
-            "ephemeral": False, "metadata": {"zone": "a"}, "version": v,
-            "deleted": False,
-        } for i in range(count)],
+        # ip, port, cluster, weight, healthy, enabled, ephemeral, metadata,
+        # version hlc, version writer, deleted (store/datum.rs WireRecord)
+        "instances": [[
+            f"10.{s // 250}.{s % 250}.{i % 250}", 8000 + i // 250, "DEFAULT",
+            1.0, True, True, False, {"zone": "a"}, v["hlc"], v["writer"], False,
+        ] for i in range(count)],
     }
 
 

@@ -465,7 +465,7 @@ fn node_started_last_loads_the_snapshot_before_it_is_ready() {
 fn peer_endpoints_refuse_requests_without_the_token() {
     let c = Cluster::new(&[0], &[]);
     let n = c.node(0);
-    let datum = r#"[{"namespace":"public","group":"DEFAULT_GROUP","name":"forged","fields":{"protect_threshold":0.0,"metadata":{},"selector":{"type":"none"},"version":{"hlc":1,"writer":0}},"deleted":null,"instances":[{"key":"6.6.6.6#1#DEFAULT","ip":"6.6.6.6","port":1,"cluster":"DEFAULT","weight":1.0,"healthy":true,"enabled":true,"ephemeral":false,"metadata":{},"version":{"hlc":99999999999,"writer":0},"deleted":false}]}]"#;
+    let datum = r#"[{"namespace":"public","group":"DEFAULT_GROUP","name":"forged","fields":{"protect_threshold":0.0,"metadata":{},"selector":{"type":"none"},"version":{"hlc":1,"writer":0}},"deleted":null,"instances":[["6.6.6.6",1,"DEFAULT",1.0,true,true,false,{},99999999999,0,false]]}]"#;
     let forged_ua = [("User-Agent", "Nacos-Server")];
     let wrong = [("X-Distro-Token", "not-the-token")];
     let near = [("X-Distro-Token", "test-cluster-tokeN")];

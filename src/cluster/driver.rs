@@ -1,6 +1,6 @@
-//! The node-wide cluster loops, run by shard 0: the startup snapshot load
-//! (SPEC 4.6), the member reports (SPEC 4.1) and the verify rounds
-//! (SPEC 4.4). Each loop decides nothing itself: `Membership`, the store
+//! The cluster loops: every shard's load of its part of the startup
+//! snapshot (SPEC 4.6); on shard 0, the member reports (SPEC 4.1) and the
+//! verify rounds (SPEC 4.4). Each loop decides nothing itself: `Membership`, the store
 //! and `distro::verify` do; the loops send and feed back.
 
 use std::rc::Rc;
@@ -10,8 +10,11 @@ use std::time::{Duration, Instant};
 use super::client::{PeerError, PeerRequest};
 use super::peer_api::{merge_everywhere, Checksums};
 use crate::distro::hlc;
+use crate::shard::router::shard_of;
 use crate::shard::{now_ms, ShardCtx};
 use crate::store::datum::Datum;
+use crate::store::service::ServiceId;
+use serde::de::{DeserializeSeed, Deserializer, SeqAccess, Visitor};
 
 /// A snapshot transfer gives up after this long.
 pub const SNAPSHOT_TIMEOUT_MS: u64 = 60_000;
@@ -24,42 +27,67 @@ fn stopping(ctx: &ShardCtx) -> bool {
     ctx.shared.shutdown.load(Ordering::Relaxed)
 }
 
-/// Starts the loops on shard 0 of a clustered node.
+/// Starts the loops of a clustered node: every shard loads its part of
+/// the startup snapshot; shard 0 also reports and verifies.
 pub fn spawn(ctx: &Rc<ShardCtx>) {
-    if ctx.id != 0 || ctx.shared.cluster.is_none() {
+    if ctx.shared.cluster.is_none() {
         return;
     }
-    monoio::spawn(startup_then_report(ctx.clone()));
-    monoio::spawn(verify_loop(ctx.clone()));
+    monoio::spawn(load_part(ctx.clone()));
+    if ctx.id == 0 {
+        monoio::spawn(report_when_ready(ctx.clone()));
+        monoio::spawn(verify_loop(ctx.clone()));
+    }
 }
 
-async fn startup_then_report(ctx: Rc<ShardCtx>) {
-    load_snapshot(&ctx).await;
+/// How often a loop waiting for readiness looks again.
+const READY_POLL_MS: u64 = 20;
+
+async fn report_when_ready(ctx: Rc<ShardCtx>) {
+    let shared = ctx.shared.cluster.as_ref().expect("clustered");
+    while !shared.is_ready() {
+        if stopping(&ctx) {
+            return;
+        }
+        monoio::time::sleep(Duration::from_millis(READY_POLL_MS)).await;
+    }
     report_loop(&ctx).await;
 }
 
-/// Loads the snapshot from the first peer that serves one; retries every
-/// second. Ready when loaded, when every peer that answered is itself
-/// starting (the cluster starts together), or after `STARTUP_ALONE_MS`.
-async fn load_snapshot(ctx: &Rc<ShardCtx>) {
+/// Loads this shard's part of the snapshot (the services it holds) from
+/// the first peer that serves one; retries every second. The part is
+/// settled when loaded, when every peer that answered is itself starting
+/// (the cluster starts together), or after `STARTUP_ALONE_MS`.
+async fn load_part(ctx: Rc<ShardCtx>) {
     let shared = ctx.shared.cluster.as_ref().expect("clustered");
     let cl = ctx.cluster.as_ref().expect("clustered");
+    let parts = ctx.shared.inboxes.len();
     let started = Instant::now();
+    let target = format!("/nacos/v1/ns/distro/datums?part={}&parts={parts}", ctx.id);
     let others: Vec<String> = shared
         .all
         .iter()
         .filter(|a| **a != shared.me)
         .cloned()
         .collect();
+    let settle = |how: &str| {
+        if shared.part_settled(parts) {
+            tracing::info!(
+                shard = ctx.id,
+                ms = started.elapsed().as_millis() as u64,
+                "startup snapshot settled ({how}); ready"
+            );
+        }
+    };
     loop {
-        if stopping(ctx) {
+        if stopping(&ctx) {
             return;
         }
         let mut starting = 0;
         for peer in &others {
             let req = PeerRequest {
                 method: "GET",
-                target: "/nacos/v1/ns/distro/datums",
+                target: &target,
                 body: b"",
                 json: false,
                 forwarded: false,
@@ -70,46 +98,103 @@ async fn load_snapshot(ctx: &Rc<ShardCtx>) {
             match cl.client.send(peer, &req).await {
                 Ok(r) if r.status == 200 => {
                     let received_ms = t0.elapsed().as_millis() as u64;
-                    let datums: Vec<Datum> = match serde_json::from_slice(&r.body) {
-                        Ok(d) => d,
-                        Err(e) => {
-                            tracing::warn!(%peer, error = %e, "bad snapshot");
-                            continue;
-                        }
-                    };
-                    let services = datums.len();
-                    let instances: usize = datums.iter().map(|d| d.instances.len()).sum();
-                    let parsed_ms = t0.elapsed().as_millis() as u64;
-                    match merge_everywhere(ctx, datums).await {
-                        Ok(_) => {
-                            shared.ready.store(true, Ordering::Release);
-                            tracing::info!(%peer, services, instances, bytes = r.body.len(), received_ms, parsed_ms, ms = t0.elapsed().as_millis() as u64, "snapshot loaded; ready");
+                    match merge_stream(&ctx, &r.body).await {
+                        Ok((services, instances)) => {
+                            tracing::info!(shard = ctx.id, %peer, services, instances, bytes = r.body.len(), received_ms, ms = t0.elapsed().as_millis() as u64, "snapshot loaded");
+                            settle("loaded");
                             return;
                         }
-                        Err(e) => {
-                            tracing::warn!(%peer, status = e.status, "snapshot merge failed")
-                        }
+                        Err(e) => tracing::warn!(shard = ctx.id, %peer, error = %e, "bad snapshot"),
                     }
                 }
                 Ok(r) if r.status == 503 => starting += 1,
-                Ok(r) => tracing::warn!(%peer, status = r.status, "snapshot refused"),
-                Err(e) => tracing::debug!(%peer, error = %e, "no snapshot"),
+                Ok(r) => {
+                    tracing::warn!(shard = ctx.id, %peer, status = r.status, "snapshot refused")
+                }
+                Err(e) => tracing::debug!(shard = ctx.id, %peer, error = %e, "no snapshot"),
             }
         }
         if starting > 0 {
-            shared.ready.store(true, Ordering::Release);
-            tracing::info!(
-                starting,
-                "every peer that answered is starting too; ready with what arrives"
-            );
+            settle("every peer that answered is starting too");
             return;
         }
         if started.elapsed() >= Duration::from_millis(STARTUP_ALONE_MS) {
-            shared.ready.store(true, Ordering::Release);
-            tracing::warn!("no peer served a snapshot for {STARTUP_ALONE_MS} ms; ready alone");
+            tracing::warn!(
+                shard = ctx.id,
+                "no peer served a snapshot for {STARTUP_ALONE_MS} ms"
+            );
+            settle("alone");
             return;
         }
         monoio::time::sleep(Duration::from_millis(SNAPSHOT_RETRY_MS)).await;
+    }
+}
+
+/// Parses a snapshot datum by datum, merging each into this shard as it
+/// comes (the memory of one is reused by the next); datums another shard
+/// holds (a peer that cut the parts differently) are handed over after.
+/// Returns (services, instances) read.
+async fn merge_stream(ctx: &Rc<ShardCtx>, body: &[u8]) -> Result<(usize, usize), String> {
+    let cores = ctx.shared.inboxes.len();
+    let mut elsewhere: Vec<Datum> = Vec::new();
+    let (mut services, mut instances) = (0, 0);
+    {
+        let now = now_ms();
+        let mut st = ctx.state.borrow_mut();
+        let st = &mut *st;
+        let mut merged = 0u64;
+        let each = |d: Datum| {
+            services += 1;
+            instances += d.instances.len();
+            let id = ServiceId::new(&d.namespace, &d.group, &d.name);
+            if shard_of(id.full_key(), cores) != ctx.id {
+                elsewhere.push(d);
+            } else if st.store.merge(d, now) {
+                merged += 1;
+                st.push.changed(id.full_key(), now);
+            }
+        };
+        let mut de = serde_json::Deserializer::from_slice(body);
+        EachDatum(each)
+            .deserialize(&mut de)
+            .and_then(|_| de.end())
+            .map_err(|e| e.to_string())?;
+        ctx.stats()
+            .datums_merged
+            .fetch_add(merged, Ordering::Relaxed);
+    }
+    if !elsewhere.is_empty() {
+        merge_everywhere(ctx, elsewhere)
+            .await
+            .map_err(|r| format!("merge: status {}", r.status))?;
+    }
+    Ok((services, instances))
+}
+
+/// Feeds every element of a JSON array of datums to a closure, one at a
+/// time, instead of building the whole `Vec` first.
+struct EachDatum<F>(F);
+
+impl<'de, F: FnMut(Datum)> DeserializeSeed<'de> for EachDatum<F> {
+    type Value = ();
+
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
+        d.deserialize_seq(self)
+    }
+}
+
+impl<'de, F: FnMut(Datum)> Visitor<'de> for EachDatum<F> {
+    type Value = ();
+
+    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str("a list of datums")
+    }
+
+    fn visit_seq<A: SeqAccess<'de>>(mut self, mut seq: A) -> Result<(), A::Error> {
+        while let Some(d) = seq.next_element::<Datum>()? {
+            (self.0)(d);
+        }
+        Ok(())
     }
 }
 

@@ -10,7 +10,7 @@ pub mod driver;
 pub mod peer_api;
 pub mod shard;
 
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Mutex;
 
 use subtle::ConstantTimeEq;
@@ -35,6 +35,9 @@ pub struct ClusterShared {
     /// Readiness (SPEC 4.6): false until the startup snapshot is loaded
     /// or no peer answered for long enough.
     pub ready: AtomicBool,
+    /// Shards whose part of the startup snapshot is settled (loaded, or
+    /// given up on); the node is ready when all are.
+    parts_settled: AtomicUsize,
 }
 
 impl ClusterShared {
@@ -52,6 +55,7 @@ impl ClusterShared {
             epoch: AtomicU64::new(members.epoch()),
             members: Mutex::new(members),
             ready: AtomicBool::new(false),
+            parts_settled: AtomicUsize::new(0),
         }
     }
 
@@ -98,6 +102,17 @@ impl ClusterShared {
 
     pub fn is_ready(&self) -> bool {
         self.ready.load(Ordering::Acquire)
+    }
+
+    /// One shard's part of the startup snapshot is settled; returns true
+    /// when that made the node ready (every one of `parts` settled).
+    pub fn part_settled(&self, parts: usize) -> bool {
+        let n = self.parts_settled.fetch_add(1, Ordering::AcqRel) + 1;
+        if n == parts {
+            self.ready.store(true, Ordering::Release);
+            return true;
+        }
+        false
     }
 }
 

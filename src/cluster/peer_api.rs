@@ -93,13 +93,29 @@ pub async fn handle(ctx: &Rc<ShardCtx>, endpoint: Endpoint, req: &Request<'_>) -
             if !shared.is_ready() {
                 return Reply::text(503, "starting: no snapshot yet");
             }
-            // Each shard writes its part of the JSON array; the parts are
-            // joined here (one copy), never cloned into `Datum`s.
+            // `part=i&parts=n`: only the services the asking node's shard i
+            // of n holds (each shard of a joining node loads its own part,
+            // in parallel). Each shard writes its piece of the JSON array;
+            // the pieces are joined here (one copy), never cloned into
+            // `Datum`s.
+            let params = Params::parse(req.query, None);
+            let part = match (params.get("part"), params.get("parts")) {
+                (None, None) => None,
+                (Some(i), Some(n)) => match (i.parse::<usize>(), n.parse::<usize>()) {
+                    (Ok(i), Ok(n)) if i < n => Some((i, n)),
+                    _ => return Reply::bad_request("part must be a number below parts"),
+                },
+                _ => return Reply::bad_request("part and parts go together"),
+            };
             let parts = ctx
-                .run_on_all(|c| {
-                    let mut part = Vec::new();
-                    c.state.borrow().store.write_snapshot(&mut part, true);
-                    part
+                .run_on_all(move |c| {
+                    let mut piece = Vec::new();
+                    let keep = |k: &str| part.is_none_or(|(i, n)| shard_of(k, n) == i);
+                    c.state
+                        .borrow()
+                        .store
+                        .write_snapshot(&mut piece, true, keep);
+                    piece
                 })
                 .await;
             match parts {

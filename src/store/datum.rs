@@ -16,8 +16,11 @@ pub struct FieldsRecord {
     pub version: Version,
 }
 
-/// An instance, or the tombstone of one (`deleted`, other fields empty).
+/// An instance, or the tombstone of one (`deleted`, only the address and
+/// the version meaningful). On the wire a compact array (`WireRecord`):
+/// a million of them make a snapshot, and field names were half its bytes.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(from = "WireRecord", into = "WireRecord")]
 pub struct InstanceRecord {
     /// `ip#port#cluster`.
     pub key: String,
@@ -31,6 +34,73 @@ pub struct InstanceRecord {
     pub metadata: Metadata,
     pub version: Version,
     pub deleted: bool,
+}
+
+/// `InstanceRecord` on the wire: ip, port, cluster, weight, healthy,
+/// enabled, ephemeral, metadata, version hlc, version writer, deleted. The
+/// key (`ip#port#cluster`) is rebuilt from the address.
+#[derive(Serialize, Deserialize)]
+struct WireRecord(
+    String,
+    u16,
+    String,
+    f64,
+    bool,
+    bool,
+    bool,
+    Metadata,
+    u64,
+    u32,
+    bool,
+);
+
+impl From<WireRecord> for InstanceRecord {
+    fn from(w: WireRecord) -> InstanceRecord {
+        let WireRecord(
+            ip,
+            port,
+            cluster,
+            weight,
+            healthy,
+            enabled,
+            ephemeral,
+            metadata,
+            hlc,
+            writer,
+            deleted,
+        ) = w;
+        InstanceRecord {
+            key: format!("{ip}#{port}#{cluster}"),
+            ip,
+            port,
+            cluster,
+            weight,
+            healthy,
+            enabled,
+            ephemeral,
+            metadata,
+            version: Version { hlc, writer },
+            deleted,
+        }
+    }
+}
+
+impl From<InstanceRecord> for WireRecord {
+    fn from(r: InstanceRecord) -> WireRecord {
+        WireRecord(
+            r.ip,
+            r.port,
+            r.cluster,
+            r.weight,
+            r.healthy,
+            r.enabled,
+            r.ephemeral,
+            r.metadata,
+            r.version.hlc,
+            r.version.writer,
+            r.deleted,
+        )
+    }
 }
 
 /// One service's replicated state.

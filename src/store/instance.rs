@@ -1,10 +1,10 @@
 //! One registered instance and the values a write supplies for it.
 
-use std::collections::BTreeMap;
 use std::rc::Rc;
 
-/// Metadata: sorted, so that serialization is deterministic.
-pub type Metadata = BTreeMap<String, String>;
+/// Metadata: sorted, so that serialization is deterministic; a sorted
+/// vector, not a B-tree (whose first node costs 500 bytes an instance).
+pub type Metadata = litemap::LiteMap<String, String>;
 
 pub const META_BEAT_INTERVAL: &str = "preserved.heart.beat.interval";
 pub const META_BEAT_TIMEOUT: &str = "preserved.heart.beat.timeout";
@@ -60,6 +60,16 @@ impl InstanceAddr {
     /// prefix of the instance id.
     pub fn key(&self) -> String {
         format!("{}#{}#{}", self.ip, self.port, self.cluster)
+    }
+
+    /// The address a key names (neither an IP nor a cluster name holds
+    /// `#`); None for a malformed key.
+    pub fn from_key(key: &str) -> Option<InstanceAddr> {
+        let mut parts = key.splitn(3, '#');
+        let ip = parts.next()?.to_string();
+        let port = parts.next()?.parse().ok()?;
+        let cluster = parts.next()?.to_string();
+        Some(InstanceAddr { ip, port, cluster })
     }
 }
 

@@ -27,11 +27,17 @@ fn record(i: &Instance) -> InstanceRecord {
 }
 
 fn tombstone(key: &str, version: Version) -> InstanceRecord {
-    InstanceRecord {
-        key: key.to_string(),
-        ip: String::new(),
+    // The wire form carries the address, from which the key is rebuilt.
+    let addr = InstanceAddr::from_key(key).unwrap_or(InstanceAddr {
+        ip: key.to_string(),
         port: 0,
         cluster: String::new(),
+    });
+    InstanceRecord {
+        key: key.to_string(),
+        ip: addr.ip,
+        port: addr.port,
+        cluster: addr.cluster,
         weight: 0.0,
         healthy: false,
         enabled: false,
@@ -363,20 +369,25 @@ mod borrowed {
         pub version: Version,
     }
 
+    /// `datum::WireRecord`'s order: ip, port, cluster, weight, healthy,
+    /// enabled, ephemeral, metadata, hlc, writer, deleted.
     #[derive(Serialize)]
-    pub struct Record<'a> {
-        pub key: &'a str,
-        pub ip: &'a str,
-        pub port: u16,
-        pub cluster: &'a str,
-        pub weight: f64,
-        pub healthy: bool,
-        pub enabled: bool,
-        pub ephemeral: bool,
-        pub metadata: &'a Metadata,
-        pub version: Version,
-        pub deleted: bool,
-    }
+    pub struct Record<'a>(
+        pub &'a str,
+        pub u16,
+        pub &'a str,
+        pub f64,
+        pub bool,
+        pub bool,
+        pub bool,
+        pub &'a Metadata,
+        pub u64,
+        pub u32,
+        pub bool,
+        /// Sort key only, not sent (the receiver rebuilds it).
+        #[serde(skip)]
+        pub &'a str,
+    );
 
     #[derive(Serialize)]
     pub struct Datum<'a> {
@@ -396,42 +407,49 @@ impl Store {
     /// Appends every service (as in `snapshot`) to `out` as JSON datums
     /// separated by commas, without the enclosing brackets; `first` says
     /// whether `out` holds no datum yet. Returns the new `first`.
-    pub fn write_snapshot(&self, out: &mut Vec<u8>, mut first: bool) -> bool {
+    /// Only the services whose full key `keep` accepts are written.
+    pub fn write_snapshot(
+        &self,
+        out: &mut Vec<u8>,
+        mut first: bool,
+        keep: impl Fn(&str) -> bool,
+    ) -> bool {
         out.reserve(self.instances * SNAPSHOT_BYTES_PER_INSTANCE);
         let empty = Metadata::new();
         let no_selector = serde_json::json!({"type": "none"});
-        for s in self.services.values() {
+        for s in self.services.values().filter(|s| keep(&s.key)) {
             let mut instances: Vec<borrowed::Record> = s
                 .instances
                 .values()
-                .map(|i| borrowed::Record {
-                    key: &i.key,
-                    ip: &i.addr.ip,
-                    port: i.addr.port,
-                    cluster: &i.addr.cluster,
-                    weight: i.weight,
-                    healthy: i.healthy,
-                    enabled: i.enabled,
-                    ephemeral: i.ephemeral,
-                    metadata: &i.metadata,
-                    version: i.version,
-                    deleted: false,
+                .map(|i| {
+                    borrowed::Record(
+                        &i.addr.ip,
+                        i.addr.port,
+                        &i.addr.cluster,
+                        i.weight,
+                        i.healthy,
+                        i.enabled,
+                        i.ephemeral,
+                        &i.metadata,
+                        i.version.hlc,
+                        i.version.writer,
+                        false,
+                        &i.key,
+                    )
                 })
-                .chain(s.tombstones.iter().map(|(k, v)| borrowed::Record {
-                    key: k,
-                    ip: "",
-                    port: 0,
-                    cluster: "",
-                    weight: 0.0,
-                    healthy: false,
-                    enabled: false,
-                    ephemeral: true,
-                    metadata: &empty,
-                    version: *v,
-                    deleted: true,
+                .chain(s.tombstones.iter().map(|(k, v)| {
+                    // The tombstone's key is `ip#port#cluster` (from_key).
+                    let mut parts = k.splitn(3, '#');
+                    let ip = parts.next().unwrap_or("");
+                    let port = parts.next().and_then(|p| p.parse().ok()).unwrap_or(0);
+                    let cluster = parts.next().unwrap_or("");
+                    borrowed::Record(
+                        ip, port, cluster, 0.0, false, false, true, &empty, v.hlc, v.writer, true,
+                        k,
+                    )
                 }))
                 .collect();
-            instances.sort_unstable_by(|a, b| a.key.cmp(b.key));
+            instances.sort_unstable_by(|a, b| a.11.cmp(b.11));
             let d = borrowed::Datum {
                 namespace: s.id.namespace(),
                 group: s.id.group(),
@@ -451,7 +469,11 @@ impl Store {
             first = false;
             serde_json::to_writer(&mut *out, &d).expect("datum serializes");
         }
-        for (id, v) in self.service_tombstones.values() {
+        for (id, v) in self
+            .service_tombstones
+            .values()
+            .filter(|(id, _)| keep(id.full_key()))
+        {
             let d = borrowed::Datum {
                 namespace: id.namespace(),
                 group: id.group(),

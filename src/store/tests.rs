@@ -593,7 +593,7 @@ fn snapshot_json_parses_as_datums() {
     );
     a.apply(Op::DeleteService { svc: svc("y") }, 8);
     let mut out = vec![b'['];
-    a.write_snapshot(&mut out, true);
+    a.write_snapshot(&mut out, true, |_| true);
     out.push(b']');
     let mut parsed: Vec<datum::Datum> = serde_json::from_slice(&out).unwrap();
     let mut expected = a.snapshot();
@@ -601,6 +601,14 @@ fn snapshot_json_parses_as_datums() {
     expected.sort_by(|p, q| p.name.cmp(&q.name));
     assert_eq!(parsed.len(), 2);
     assert_eq!(parsed, expected);
+    // A filtered part holds just what the filter keeps.
+    let mut part = vec![b'['];
+    let x = svc("x").full_key().to_string();
+    a.write_snapshot(&mut part, true, |k| k == x);
+    part.push(b']');
+    let part: Vec<datum::Datum> = serde_json::from_slice(&part).unwrap();
+    assert_eq!(part.len(), 1);
+    assert_eq!(part[0].name, "x");
 }
 
 #[test]
