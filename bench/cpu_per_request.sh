@@ -9,7 +9,8 @@
 #
 # Needs wrk (Debian package `wrk`). Builds the release binary. The load
 # generator shares the machine's cores with the server, so requests/s is
-# bounded by wrk; CPU per request is the figure to compare.
+# bounded by wrk; CPU per request is the figure to compare. BIN=path runs
+# another build (an A/B against an older commit).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 CORES=${1:-1}
@@ -18,7 +19,8 @@ CONNS=${3:-64}
 PORT=${PORT:-18848}
 command -v wrk >/dev/null || { echo "wrk is not installed (apt-get install wrk)"; exit 1; }
 cargo build --release --quiet
-target/release/distro-registry --bind 127.0.0.1:$PORT --cores "$CORES" --log-level warn &
+BIN=${BIN:-target/release/distro-registry}
+"$BIN" --bind 127.0.0.1:$PORT --cores "$CORES" --log-level warn &
 PID=$!
 trap 'kill $PID 2>/dev/null; wait $PID 2>/dev/null' EXIT
 for _ in $(seq 50); do curl -sf "http://127.0.0.1:$PORT/nacos/v1/console/health/liveness" >/dev/null && break; sleep 0.1; done
