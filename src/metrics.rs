@@ -39,6 +39,10 @@ pub struct ShardStats {
     /// Requests this shard is handling now (graceful shutdown waits for
     /// the sum over all shards to reach 0).
     pub inflight: AtomicU64,
+    /// Services and instances this node owns (a clustered node's shards
+    /// refresh them every verify round).
+    pub responsible_services: AtomicU64,
+    pub responsible_instances: AtomicU64,
     /// Client writes forwarded to their owner and answered by it.
     pub forwarded: AtomicU64,
     /// Forwards that failed (the write was applied here instead).
@@ -79,6 +83,8 @@ impl Default for ShardStats {
             inbox_full: AtomicU64::new(0),
             timers_armed: AtomicU64::new(0),
             inflight: AtomicU64::new(0),
+            responsible_services: AtomicU64::new(0),
+            responsible_instances: AtomicU64::new(0),
             forwarded: AtomicU64::new(0),
             forward_failures: AtomicU64::new(0),
             beats_relayed: AtomicU64::new(0),

@@ -230,6 +230,21 @@ fn writes_through_any_node_reach_every_node_and_land_on_the_owner() {
         &[("User-Agent", "Nacos-Java-Client:v1.4.6")],
     );
     assert_eq!(r.status, 400, "{}", r.body);
+    // Every service is some one node's responsibility (operator/metrics,
+    // refreshed every verify round).
+    assert!(
+        eventually(Duration::from_secs(5), || {
+            let m: Vec<serde_json::Value> = (0..3)
+                .map(|i| c.node(i).json("/nacos/v1/ns/operator/metrics"))
+                .collect();
+            let owned: u64 = m
+                .iter()
+                .map(|v| v["responsibleServiceCount"].as_u64().unwrap())
+                .sum();
+            m.iter().all(|v| v["serviceCount"] == 13) && owned == 13
+        }),
+        "responsible counts do not add up"
+    );
 }
 
 #[test]

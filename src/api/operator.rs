@@ -34,12 +34,23 @@ pub fn distro_server(p: &Params, node: &NodeInfo) -> Checked<Action> {
     }))))
 }
 
-/// `GET /nacos/v1/ns/operator/metrics`. A standalone node is responsible
-/// for everything it holds.
+/// `GET /nacos/v1/ns/operator/metrics`.
 pub fn metrics(shared: &crate::shard::Shared) -> Reply {
     use std::sync::atomic::Ordering::Relaxed;
-    let services: u64 = shared.stats.iter().map(|s| s.services.load(Relaxed)).sum();
-    let instances: u64 = shared.stats.iter().map(|s| s.instances.load(Relaxed)).sum();
+    let sum = |f: fn(&crate::metrics::ShardStats) -> &std::sync::atomic::AtomicU64| -> u64 {
+        shared.stats.iter().map(|s| f(s).load(Relaxed)).sum()
+    };
+    let services = sum(|s| &s.services);
+    let instances = sum(|s| &s.instances);
+    // A clustered node is responsible for what it owns (refreshed every
+    // verify round); a standalone one for everything.
+    let (responsible_services, responsible_instances) = match shared.cluster {
+        Some(_) => (
+            sum(|s| &s.responsible_services),
+            sum(|s| &s.responsible_instances),
+        ),
+        None => (services, instances),
+    };
     let load = std::fs::read_to_string("/proc/loadavg")
         .ok()
         .and_then(|s| {
@@ -55,8 +66,8 @@ pub fn metrics(shared: &crate::shard::Shared) -> Reply {
         "status": "UP",
         "serviceCount": services,
         "instanceCount": instances,
-        "responsibleServiceCount": services,
-        "responsibleInstanceCount": instances,
+        "responsibleServiceCount": responsible_services,
+        "responsibleInstanceCount": responsible_instances,
         "cpu": (load / cpus).min(1.0),
         "load": load,
         "mem": memory_used_fraction(),

@@ -10,6 +10,8 @@ use std::time::{Duration, Instant};
 use super::client::{PeerError, PeerRequest};
 use super::peer_api::{merge_everywhere, Checksums};
 use crate::distro::hlc;
+use crate::distro::members::ReportOutcome;
+use crate::distro::startup::{self, Answer, Decision, STARTUP_ALONE_MS};
 use crate::shard::router::shard_of;
 use crate::shard::{now_ms, ShardCtx};
 use crate::store::datum::Datum;
@@ -20,8 +22,6 @@ use serde::de::{DeserializeSeed, Deserializer, SeqAccess, Visitor};
 pub const SNAPSHOT_TIMEOUT_MS: u64 = 60_000;
 /// Pause between snapshot load attempts (SPEC 4.6).
 pub const SNAPSHOT_RETRY_MS: u64 = 1_000;
-/// With no snapshot from any peer for this long, the node serves alone.
-pub const STARTUP_ALONE_MS: u64 = 10_000;
 
 fn stopping(ctx: &ShardCtx) -> bool {
     ctx.shared.shutdown.load(Ordering::Relaxed)
@@ -83,7 +83,7 @@ async fn load_part(ctx: Rc<ShardCtx>) {
         if stopping(&ctx) {
             return;
         }
-        let mut starting = 0;
+        let mut answers = Vec::with_capacity(others.len());
         for peer in &others {
             let req = PeerRequest {
                 method: "GET",
@@ -101,30 +101,39 @@ async fn load_part(ctx: Rc<ShardCtx>) {
                     match merge_stream(&ctx, &r.body).await {
                         Ok((services, instances)) => {
                             tracing::info!(shard = ctx.id, %peer, services, instances, bytes = r.body.len(), received_ms, ms = t0.elapsed().as_millis() as u64, "snapshot loaded");
-                            settle("loaded");
-                            return;
+                            answers.push(Answer::Served);
+                            break;
                         }
-                        Err(e) => tracing::warn!(shard = ctx.id, %peer, error = %e, "bad snapshot"),
+                        Err(e) => {
+                            tracing::warn!(shard = ctx.id, %peer, error = %e, "bad snapshot");
+                            answers.push(Answer::Nothing);
+                        }
                     }
                 }
-                Ok(r) if r.status == 503 => starting += 1,
+                Ok(r) if r.status == 503 => answers.push(Answer::Starting),
                 Ok(r) => {
-                    tracing::warn!(shard = ctx.id, %peer, status = r.status, "snapshot refused")
+                    tracing::warn!(shard = ctx.id, %peer, status = r.status, "snapshot refused");
+                    answers.push(Answer::Nothing);
                 }
-                Err(e) => tracing::debug!(shard = ctx.id, %peer, error = %e, "no snapshot"),
+                Err(e) => {
+                    tracing::debug!(shard = ctx.id, %peer, error = %e, "no snapshot");
+                    answers.push(Answer::Nothing);
+                }
             }
         }
-        if starting > 0 {
-            settle("every peer that answered is starting too");
-            return;
-        }
-        if started.elapsed() >= Duration::from_millis(STARTUP_ALONE_MS) {
-            tracing::warn!(
-                shard = ctx.id,
-                "no peer served a snapshot for {STARTUP_ALONE_MS} ms"
-            );
-            settle("alone");
-            return;
+        match startup::decide(&answers, started.elapsed().as_millis() as u64) {
+            Decision::Loaded => return settle("loaded"),
+            Decision::StartingTogether => {
+                return settle("every peer that answered is starting too")
+            }
+            Decision::Alone => {
+                tracing::warn!(
+                    shard = ctx.id,
+                    "no peer served a snapshot for {STARTUP_ALONE_MS} ms"
+                );
+                return settle("alone");
+            }
+            Decision::Retry => {}
         }
         monoio::time::sleep(Duration::from_millis(SNAPSHOT_RETRY_MS)).await;
     }
@@ -219,29 +228,21 @@ async fn report_loop(ctx: &Rc<ShardCtx>) {
         }
         if let Some(target) = shared.with_members(|m| m.next_report_target()) {
             let req = PeerRequest::json("POST", "/nacos/v1/core/cluster/report", &body);
-            let outcome = cl.client.send(&target, &req).await;
-            let (changed, what) = match &outcome {
-                Ok(r) if r.status == 200 => (shared.with_members(|m| m.report_ok(&target)), "UP"),
-                // A member still loading its snapshot must not own
-                // anything yet: DOWN until it answers 200.
-                Ok(r) if r.status == 503 => (
-                    shared.with_members(|m| m.report_failed(&target, true)),
-                    "DOWN (starting)",
-                ),
-                Err(PeerError::Refused) => (
-                    shared.with_members(|m| m.report_failed(&target, true)),
-                    "DOWN (refused)",
-                ),
-                _ => (
-                    shared.with_members(|m| m.report_failed(&target, false)),
-                    "failed",
-                ),
+            let result = cl.client.send(&target, &req).await;
+            let outcome = match &result {
+                Ok(r) if r.status == 200 => ReportOutcome::Accepted,
+                Ok(r) if r.status == 503 => ReportOutcome::Starting,
+                Err(PeerError::Refused) => ReportOutcome::Refused,
+                _ => ReportOutcome::Failed,
             };
+            let (changed, healthy) = shared.with_members(|m| {
+                let changed = m.report_outcome(&target, outcome);
+                (changed, m.healthy())
+            });
             if changed {
-                let healthy = shared.with_members(|m| m.healthy());
-                tracing::info!(member = %target, state = what, ?healthy, "membership changed");
-            } else if what != "UP" {
-                tracing::debug!(member = %target, state = what, result = ?outcome.map(|r| r.status), "report failed");
+                tracing::info!(member = %target, ?outcome, ?healthy, "membership changed");
+            } else if outcome != ReportOutcome::Accepted {
+                tracing::debug!(member = %target, ?outcome, result = ?result.map(|r| r.status), "report failed");
             }
         }
         monoio::time::sleep(interval).await;

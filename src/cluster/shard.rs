@@ -201,7 +201,16 @@ impl ShardCtx {
         };
         self.refresh_view(now_ms());
         let view = cl.state.borrow().view.clone();
-        self.state.borrow().store.checksums(|g| view.owns(g))
+        let st = self.state.borrow();
+        let (services, instances) = st.store.owned_counts(|g| view.owns(g));
+        let stats = self.stats();
+        stats
+            .responsible_services
+            .store(services as u64, Ordering::Relaxed);
+        stats
+            .responsible_instances
+            .store(instances as u64, Ordering::Relaxed);
+        st.store.checksums(|g| view.owns(g))
     }
 
     /// This shard's part of a verify round from `source`: the keys to

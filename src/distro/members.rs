@@ -25,6 +25,19 @@ impl State {
     }
 }
 
+/// How a member report went.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReportOutcome {
+    /// 200: the member is UP.
+    Accepted,
+    /// 503: the member is up but still loading its snapshot.
+    Starting,
+    /// Nothing listens there.
+    Refused,
+    /// Timeout, reset, any other answer.
+    Failed,
+}
+
 #[derive(Debug, Clone, PartialEq)]
 pub struct Member {
     /// `ip:port`, as configured.
@@ -140,12 +153,25 @@ impl Membership {
             return false;
         };
         let fails = m.fail_count + 1;
-        let state = if refused || fails > FAILS_BEFORE_DOWN {
+        // A failure never brings a DOWN member back into the healthy list.
+        let state = if refused || fails > FAILS_BEFORE_DOWN || m.state == State::Down {
             State::Down
         } else {
             State::Suspicious
         };
         self.set(target, state, fails)
+    }
+
+    /// Applies how a report to `target` went (SPEC 4.1, plus: a member
+    /// still loading its snapshot counts as DOWN, so that nothing is
+    /// forwarded to it before it holds the data). Returns whether the
+    /// healthy list changed.
+    pub fn report_outcome(&mut self, target: &str, outcome: ReportOutcome) -> bool {
+        match outcome {
+            ReportOutcome::Accepted => self.report_ok(target),
+            ReportOutcome::Starting | ReportOutcome::Refused => self.report_failed(target, true),
+            ReportOutcome::Failed => self.report_failed(target, false),
+        }
     }
 
     /// A report from `from` arrived: it is UP.
@@ -221,6 +247,19 @@ mod tests {
             "never marks itself down"
         );
         assert_eq!(m.healthy().len(), 3);
+    }
+
+    #[test]
+    fn a_starting_member_is_down_until_it_accepts_a_report() {
+        let mut m = three();
+        assert!(m.report_outcome("127.0.0.1:8849", ReportOutcome::Starting));
+        assert_eq!(m.members()[1].state, State::Down);
+        assert!(!m.report_outcome("127.0.0.1:8849", ReportOutcome::Failed));
+        assert!(m.report_outcome("127.0.0.1:8849", ReportOutcome::Accepted));
+        assert_eq!(m.members()[1].state, State::Up);
+        assert!(!m.report_outcome("127.0.0.1:8850", ReportOutcome::Failed));
+        assert_eq!(m.members()[2].state, State::Suspicious);
+        assert!(m.report_outcome("127.0.0.1:8850", ReportOutcome::Refused));
     }
 
     #[test]

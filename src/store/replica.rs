@@ -252,6 +252,14 @@ impl Store {
             .collect()
     }
 
+    /// Services whose grouped name `owns` accepts, and their instances.
+    pub fn owned_counts(&self, owns: impl Fn(&str) -> bool) -> (usize, usize) {
+        self.services
+            .values()
+            .filter(|s| owns(s.id.grouped()))
+            .fold((0, 0), |(s, i), svc| (s + 1, i + svc.instances.len()))
+    }
+
     /// Checksums of the services (and service tombstones) whose grouped
     /// name `owns` accepts: what a verify round sends.
     pub fn checksums(&self, owns: impl Fn(&str) -> bool) -> Vec<(String, u64)> {
