@@ -1,6 +1,7 @@
 """Starts the real distro-registry binary for the SDK tests."""
 import os
 import re
+import socket
 import subprocess
 import threading
 
@@ -11,9 +12,9 @@ BIN = os.environ.get("DR_BIN", os.path.join(ROOT, "target", "debug", "distro-reg
 
 
 class Node:
-    def __init__(self, *args):
+    def __init__(self, *args, bind="127.0.0.1:0"):
         self.proc = subprocess.Popen(
-            [BIN, "--bind", "127.0.0.1:0", *args],
+            [BIN, "--bind", bind, *args],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.PIPE,
             text=True,
@@ -31,6 +32,37 @@ class Node:
     def stop(self):
         self.proc.terminate()
         assert self.proc.wait(timeout=10) == 0
+
+    def kill(self):
+        self.proc.kill()
+        self.proc.wait(timeout=10)
+
+
+def free_ports(n):
+    socks = [socket.socket() for _ in range(n)]
+    for s in socks:
+        s.bind(("127.0.0.1", 0))
+    ports = [s.getsockname()[1] for s in socks]
+    for s in socks:
+        s.close()
+    return ports
+
+
+@pytest.fixture
+def cluster():
+    """Three clustered nodes with short timeouts; yields the Node list."""
+    addrs = [f"127.0.0.1:{p}" for p in free_ports(3)]
+    nodes = [
+        Node("--peers", ",".join(addrs), "--cluster-token", "py-token", "--cores", "1",
+             "--report-interval-ms", "300", "--verify-interval-ms", "1000",
+             "--unhealthy-timeout-ms", "2000", "--delete-timeout-ms", "4000",
+             "--expiry-tick-ms", "50", bind=a)
+        for a in addrs
+    ]
+    yield nodes
+    for n in nodes:
+        if n.proc.poll() is None:
+            n.stop()
 
 
 @pytest.fixture
