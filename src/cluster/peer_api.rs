@@ -283,6 +283,7 @@ async fn verify_inner(
     for (k, sum) in msg.checksums {
         per[shard_of(&k, cores)].push((k, sum));
     }
+    let sums: std::collections::HashMap<String, u64> = per.iter().flatten().cloned().collect();
     let mut fetch = Vec::new();
     for (shard, theirs) in per.into_iter().enumerate() {
         let src = source.to_string();
@@ -317,6 +318,22 @@ async fn verify_inner(
         merge_everywhere(ctx, datums)
             .await
             .map_err(|r| format!("merge: status {}", r.status))?;
+        // Whatever still differs holds records the source lacks.
+        let mut per: Vec<Vec<(String, u64)>> = vec![Vec::new(); cores];
+        for k in keys {
+            if let Some(sum) = sums.get(k) {
+                per[shard_of(k, cores)].push((k.clone(), *sum));
+            }
+        }
+        for (shard, theirs) in per.into_iter().enumerate() {
+            if theirs.is_empty() {
+                continue;
+            }
+            let src = source.to_string();
+            ctx.run_on(shard, move |c| c.repair_owner(&src, &theirs))
+                .await
+                .map_err(|r| format!("repair: status {}", r.status))?;
+        }
     }
     Ok(())
 }

@@ -245,8 +245,43 @@ impl ShardCtx {
                 tracing::info!(shard = self.id, service = %k, %source, "dropped: its owner no longer lists it");
                 st.push.changed(k, now);
             }
+            // What the owner does not list but this node keeps (written
+            // elsewhere while the owner was away): the owner has to learn
+            // it, so it is replicated back.
+            let missing: Vec<String> = st
+                .store
+                .checksums(|g| view.owner(g) == source)
+                .into_iter()
+                .filter(|(k, _)| !listed.contains(k.as_str()))
+                .map(|(k, _)| k)
+                .collect();
+            let mut cs = cl.state.borrow_mut();
+            for k in missing {
+                cs.tasks.mark(&k, &[source.to_string()], now);
+            }
         }
         fetch
+    }
+
+    /// After a verify fetch from `source` was merged: services whose copy
+    /// here still differs from the source's checksum hold records the
+    /// source lacks (written here or elsewhere while it was away), so they
+    /// are replicated back to it.
+    pub fn repair_owner(&self, source: &str, theirs: &[(String, u64)]) -> usize {
+        let Some(cl) = &self.cluster else {
+            return 0;
+        };
+        let st = self.state.borrow();
+        let now = now_ms();
+        let mut tasks = cl.state.borrow_mut();
+        let mut n = 0;
+        for (k, sum) in theirs {
+            if st.store.checksum(k).is_some_and(|mine| mine != *sum) {
+                tasks.tasks.mark(k, &[source.to_string()], now);
+                n += 1;
+            }
+        }
+        n
     }
 
     /// Merges peers' datums into this shard's store.

@@ -442,7 +442,13 @@ impl Store {
                     self.bury(&svc_key, inst.key, now_ms);
                     return changed(Reply::ok());
                 }
-                unchanged(Reply::ok())
+                // Unknown here, perhaps not yet replicated here: a tombstone
+                // all the same, so that an older copy arriving later does
+                // not bring the instance back (found by the simulation).
+                let svc_key = s.key.clone();
+                s.touch(now_ms);
+                self.bury(&svc_key, Rc::from(addr.key()), now_ms);
+                changed(Reply::ok())
             }
             Op::Beat { svc, addr, beat } => self.beat(svc, addr, beat, now_ms),
             Op::List { svc, variant } => {

@@ -1,0 +1,797 @@
+//! Deterministic simulation of a Distro cluster (issue 5, first part):
+//! 3 to 5 nodes' protocol state machines (`Store`, `Membership`, `TaskMap`,
+//! the verify comparison, the startup decision) in one thread, in virtual
+//! time, over a simulated network that delays, drops, duplicates and
+//! reorders messages and cuts links; nodes crash (losing everything) and
+//! restart; clocks are skewed; clients register, beat every 5 s to any
+//! ready node, deregister and stop beating. One seeded PRNG decides
+//! everything, so a seed replays exactly. After the faults heal and the
+//! churn stops, SPEC 4.7's invariants are checked; a violation prints the
+//! seed and the last events.
+//!
+//! The I/O glue of `src/cluster/` (forward-or-apply, beat relay, verify
+//! fetch, snapshot load) is modelled here with the same rules; requests
+//! between nodes are synchronous when they are request/answer exchanges
+//! (forward, fetch, report, snapshot) and messages otherwise (replication
+//! batches, relayed beats, checksum rounds).
+//!
+//! `SIM_SEEDS=N cargo test --release --test simulation` runs N seeds.
+
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
+
+use distro_registry::distro::hash::owner_index;
+use distro_registry::distro::members::{Membership, ReportOutcome};
+use distro_registry::distro::startup::{self, Answer, Decision};
+use distro_registry::distro::tasks::{TaskConfig, TaskMap};
+use distro_registry::distro::verify::keys_to_fetch;
+use distro_registry::store::datum::Datum;
+use distro_registry::store::instance::{InstanceAddr, InstanceSpec, Timeouts};
+use distro_registry::store::service::ServiceId;
+use distro_registry::store::{BeatInfo, Op, Store};
+
+const STEP_MS: u64 = 100;
+const REPORT_MS: u64 = 2_000;
+const VERIFY_MS: u64 = 5_000;
+const BEAT_MS: u64 = 5_000;
+const SHARD_BITS: u32 = 8;
+/// Events kept for the trace printed on a violation.
+const TRACE_MAX: usize = 60;
+
+fn timeouts() -> Timeouts {
+    Timeouts::default()
+}
+
+/// Fault rates, per step (100 ms).
+#[derive(Clone, Copy)]
+struct Faults {
+    drop: f64,
+    dup: f64,
+    slow: f64,
+    crash: f64,
+    restart: f64,
+    cut: f64,
+    heal: f64,
+    skew_ms: i64,
+}
+
+const FAULTS: Faults = Faults {
+    drop: 0.02,
+    dup: 0.02,
+    slow: 0.05,
+    crash: 0.002,
+    restart: 0.02,
+    cut: 0.003,
+    heal: 0.02,
+    skew_ms: 300,
+};
+
+struct Node {
+    addr: String,
+    up: bool,
+    ready: bool,
+    store: Store,
+    members: Membership,
+    tasks: TaskMap,
+    healthy: Vec<String>,
+    epoch: u64,
+    skew: i64,
+    next_report: u64,
+    next_verify: u64,
+    started: u64,
+}
+
+impl Node {
+    fn fresh(addr: &str, all: &[String], writer: u32, skew: i64, now: u64) -> Node {
+        let mut store = Store::new(timeouts(), STEP_MS, now);
+        store.set_writer(writer);
+        let members = Membership::new(addr, all);
+        Node {
+            addr: addr.to_string(),
+            up: true,
+            ready: false,
+            healthy: members.healthy(),
+            epoch: members.epoch(),
+            store,
+            members,
+            tasks: TaskMap::new(TaskConfig::default()),
+            skew,
+            next_report: now + REPORT_MS,
+            next_verify: now + VERIFY_MS,
+            started: now,
+        }
+    }
+
+    fn clock(&self, t: u64) -> u64 {
+        (t as i64 + self.skew).max(0) as u64
+    }
+
+    fn owner(&self, grouped: &str) -> String {
+        self.healthy[owner_index(grouped, self.healthy.len())].clone()
+    }
+
+    fn others(&self) -> Vec<String> {
+        self.healthy
+            .iter()
+            .filter(|a| **a != self.addr)
+            .cloned()
+            .collect()
+    }
+
+    /// Applies a client op here; a change is marked for replication.
+    fn apply(&mut self, op: Op, t: u64) -> distro_registry::reply::Reply {
+        let key = op.service().full_key().to_string();
+        let now = self.clock(t);
+        let applied = self.store.apply(op, now);
+        if applied.changed {
+            let others = self.others();
+            self.tasks.mark(&key, &others, now);
+        }
+        applied.reply
+    }
+
+    /// Brings the view up to the membership; grace for newly owned.
+    fn refresh_view(&mut self, t: u64) {
+        if self.members.epoch() == self.epoch {
+            return;
+        }
+        let old = std::mem::replace(&mut self.healthy, self.members.healthy());
+        self.epoch = self.members.epoch();
+        let me = self.addr.clone();
+        let new = self.healthy.clone();
+        let owns = |h: &[String], g: &str| h[owner_index(g, h.len())] == me;
+        let now = self.clock(t);
+        self.store
+            .grant_ownership_grace(now, |g| owns(&new, g) && !owns(&old, g));
+        for gone in old.iter().filter(|p| !new.contains(p)) {
+            self.tasks.forget_peer(gone);
+        }
+    }
+}
+
+enum Msg {
+    Datums {
+        to: usize,
+        datums: Vec<Datum>,
+    },
+    Beat {
+        to: usize,
+        svc: ServiceId,
+        addr: InstanceAddr,
+    },
+    Checksums {
+        from: usize,
+        to: usize,
+        round: u64,
+        healthy: Vec<String>,
+        sums: Vec<(String, u64)>,
+    },
+}
+
+#[derive(Clone, Copy, PartialEq, Debug)]
+enum ClientState {
+    Beating,
+    Stopped,
+    Deregistered,
+}
+
+struct Client {
+    svc: ServiceId,
+    addr: InstanceAddr,
+    state: ClientState,
+    next_beat: u64,
+}
+
+struct Sim {
+    seed: u64,
+    rng: fastrand::Rng,
+    t: u64,
+    nodes: Vec<Node>,
+    all: Vec<String>,
+    /// Cut links (unordered pairs, smaller index first).
+    cut: BTreeSet<(usize, usize)>,
+    net: BTreeMap<(u64, u64), Msg>,
+    seq: u64,
+    clients: Vec<Client>,
+    trace: VecDeque<String>,
+    faults: Faults,
+    churn: bool,
+}
+
+impl Sim {
+    fn new(seed: u64, n: usize, faults: Faults) -> Sim {
+        let mut rng = fastrand::Rng::with_seed(seed);
+        let all: Vec<String> = (0..n).map(|i| format!("10.9.0.{}:8848", i + 1)).collect();
+        let mut sorted = all.clone();
+        sorted.sort();
+        let nodes = all
+            .iter()
+            .map(|a| {
+                let idx = sorted.iter().position(|s| s == a).unwrap() as u32;
+                let skew = rng.i64(-faults.skew_ms..=faults.skew_ms);
+                let mut node = Node::fresh(a, &all, idx << SHARD_BITS, skew, 0);
+                node.ready = true;
+                node
+            })
+            .collect();
+        let clients = (0..24)
+            .map(|k| Client {
+                svc: ServiceId::new("public", "DEFAULT_GROUP", &format!("svc-{}", k % 8)),
+                addr: InstanceAddr {
+                    ip: format!("172.16.0.{k}"),
+                    port: 8080,
+                    cluster: "DEFAULT".into(),
+                },
+                state: ClientState::Stopped,
+                next_beat: 0,
+            })
+            .collect();
+        Sim {
+            seed,
+            rng,
+            t: 0,
+            nodes,
+            all,
+            cut: BTreeSet::new(),
+            net: BTreeMap::new(),
+            seq: 0,
+            clients,
+            trace: VecDeque::new(),
+            faults,
+            churn: true,
+        }
+    }
+
+    fn log(&mut self, e: String) {
+        let max = std::env::var("SIM_TRACE")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(TRACE_MAX);
+        if self.trace.len() >= max {
+            self.trace.pop_front();
+        }
+        self.trace.push_back(format!("t={} {e}", self.t));
+    }
+
+    fn index(&self, addr: &str) -> usize {
+        self.all.iter().position(|a| a == addr).unwrap()
+    }
+
+    /// Whether a request from `a` reaches a running `b`.
+    fn reachable(&self, a: usize, b: usize) -> bool {
+        a == b || (self.nodes[b].up && !self.cut.contains(&(a.min(b), a.max(b))))
+    }
+
+    /// Sends a message; false when it cannot arrive (the sender sees the
+    /// failure, as a refused connection or a timeout).
+    fn send(&mut self, from: usize, to: usize, msg: Msg) -> bool {
+        if !self.reachable(from, to) || self.rng.f64() < self.faults.drop {
+            return false;
+        }
+        let delay = if self.rng.f64() < self.faults.slow {
+            self.rng.u64(200..1_500)
+        } else {
+            self.rng.u64(1..30)
+        };
+        self.seq += 1;
+        if self.rng.f64() < self.faults.dup {
+            let copy = match &msg {
+                Msg::Datums { to, datums } => Some(Msg::Datums {
+                    to: *to,
+                    datums: datums.clone(),
+                }),
+                _ => None,
+            };
+            if let Some(c) = copy {
+                self.net.insert((self.t + delay + 700, self.seq), c);
+                self.seq += 1;
+            }
+        }
+        self.net.insert((self.t + delay, self.seq), msg);
+        true
+    }
+
+    fn deliver(&mut self) {
+        while let Some((&(at, seq), _)) = self.net.iter().next() {
+            if at > self.t {
+                break;
+            }
+            let msg = self.net.remove(&(at, seq)).unwrap();
+            match msg {
+                Msg::Datums { to, datums } => {
+                    if self.nodes[to].up {
+                        let now = self.nodes[to].clock(self.t);
+                        for d in datums {
+                            self.nodes[to].store.merge(d, now);
+                        }
+                    }
+                }
+                Msg::Beat { to, svc, addr } => {
+                    if self.nodes[to].up {
+                        let op = Op::Beat {
+                            svc,
+                            addr,
+                            beat: None,
+                        };
+                        self.nodes[to].apply(op, self.t);
+                    }
+                }
+                Msg::Checksums {
+                    from,
+                    to,
+                    round,
+                    healthy,
+                    sums,
+                } => self.verify_at(from, to, round, healthy, sums),
+            }
+        }
+    }
+
+    fn verify_at(
+        &mut self,
+        from: usize,
+        to: usize,
+        round: u64,
+        healthy: Vec<String>,
+        sums: Vec<(String, u64)>,
+    ) {
+        if !self.nodes[to].up {
+            return;
+        }
+        let source = self.all[from].clone();
+        let node = &mut self.nodes[to];
+        let fetch = keys_to_fetch(&sums, |k| node.store.checksum(k));
+        if node.healthy == healthy {
+            let listed: BTreeSet<&str> = sums.iter().map(|(k, _)| k.as_str()).collect();
+            let view = node.healthy.clone();
+            let mut sorted = self.all.clone();
+            sorted.sort();
+            let source_node = sorted.iter().position(|a| *a == source).unwrap() as u32;
+            let dropped = node.store.drop_unlisted(
+                source_node,
+                SHARD_BITS,
+                round,
+                |g| view[owner_index(g, view.len())] == source,
+                |k| listed.contains(k),
+            );
+            // Kept but unlisted: replicated back to the owner.
+            let now = node.clock(self.t);
+            let missing: Vec<String> = node
+                .store
+                .checksums(|g| view[owner_index(g, view.len())] == source)
+                .into_iter()
+                .filter(|(k, _)| !listed.contains(k.as_str()))
+                .map(|(k, _)| k)
+                .collect();
+            for k in missing {
+                node.tasks.mark(&k, std::slice::from_ref(&source), now);
+            }
+            if !dropped.is_empty() {
+                let e = format!("node {to} dropped {dropped:?} unlisted by {from}");
+                self.log(e);
+            }
+        }
+        if !fetch.is_empty() && self.reachable(to, from) {
+            let datums: Vec<Datum> = fetch
+                .iter()
+                .filter_map(|k| self.nodes[from].store.datum(k))
+                .collect();
+            let now = self.nodes[to].clock(self.t);
+            for d in datums {
+                self.nodes[to].store.merge(d, now);
+            }
+            // Still different: this copy holds what the owner lacks.
+            for (k, sum) in sums.iter().filter(|(k, _)| fetch.contains(k)) {
+                if self.nodes[to].store.checksum(k).is_some_and(|m| m != *sum) {
+                    self.nodes[to].tasks.mark(k, std::slice::from_ref(&source), now);
+                }
+            }
+        }
+    }
+
+    /// A client op arriving at node `x`: applied there or forwarded to the
+    /// owner (SPEC 4.3).
+    fn client_op(&mut self, x: usize, op: Op) -> u32 {
+        let grouped = op.service().grouped().to_string();
+        let owner = self.index(&self.nodes[x].owner(&grouped));
+        let target = if owner != x && self.reachable(x, owner) && self.nodes[owner].ready {
+            owner
+        } else {
+            x
+        };
+        let reply = self.nodes[target].apply(op, self.t);
+        let body = String::from_utf8_lossy(&reply.body).to_string();
+        if body.contains("20404") {
+            20404
+        } else if reply.status == 200 {
+            200
+        } else {
+            u32::from(reply.status)
+        }
+    }
+
+    fn beat(&mut self, c: usize, x: usize) {
+        let (svc, addr) = (self.clients[c].svc.clone(), self.clients[c].addr.clone());
+        let owner = self.index(&self.nodes[x].owner(svc.grouped()));
+        let knows = self.nodes[x]
+            .store
+            .known_instance(svc.full_key(), &addr.key())
+            .is_some();
+        if owner != x && knows {
+            // Answered here, relayed to the owner (lost if it cannot go).
+            self.send(
+                x,
+                owner,
+                Msg::Beat {
+                    to: owner,
+                    svc,
+                    addr,
+                },
+            );
+            return;
+        }
+        let op = Op::Beat {
+            svc,
+            addr,
+            beat: Some(BeatInfo {
+                weight: 1.0,
+                ephemeral: true,
+                metadata: Default::default(),
+            }),
+        };
+        self.client_op(x, op);
+    }
+
+    fn ready_nodes(&self) -> Vec<usize> {
+        (0..self.nodes.len())
+            .filter(|&i| self.nodes[i].up && self.nodes[i].ready)
+            .collect()
+    }
+
+    fn clients_step(&mut self) {
+        for c in 0..self.clients.len() {
+            let ready = self.ready_nodes();
+            if ready.is_empty() {
+                return;
+            }
+            let x = ready[self.rng.usize(..ready.len())];
+            let state = self.clients[c].state;
+            if self.churn && self.rng.f64() < 0.002 {
+                let (svc, addr) = (self.clients[c].svc.clone(), self.clients[c].addr.clone());
+                match state {
+                    ClientState::Beating => {
+                        if self.rng.bool() {
+                            let op = Op::Deregister { svc, addr };
+                            self.client_op(x, op);
+                            self.clients[c].state = ClientState::Deregistered;
+                            self.log(format!("client {c} deregistered via {x}"));
+                        } else {
+                            self.clients[c].state = ClientState::Stopped;
+                            self.log(format!("client {c} stopped beating"));
+                        }
+                    }
+                    ClientState::Stopped | ClientState::Deregistered => {
+                        let spec = InstanceSpec {
+                            addr,
+                            weight: 1.0,
+                            healthy: true,
+                            enabled: true,
+                            ephemeral: true,
+                            metadata: Default::default(),
+                        };
+                        self.client_op(x, Op::Register { svc, spec });
+                        self.clients[c].state = ClientState::Beating;
+                        self.clients[c].next_beat = self.t + BEAT_MS;
+                        self.log(format!("client {c} registered via {x}"));
+                    }
+                }
+                continue;
+            }
+            if state == ClientState::Beating && self.t >= self.clients[c].next_beat {
+                self.clients[c].next_beat = self.t + BEAT_MS;
+                self.beat(c, x);
+            }
+        }
+    }
+
+    fn faults_step(&mut self) {
+        let n = self.nodes.len();
+        let f = self.faults;
+        if self.rng.f64() < f.crash {
+            let i = self.rng.usize(..n);
+            if self.nodes[i].up && self.ready_nodes().len() > 1 {
+                self.nodes[i].up = false;
+                self.log(format!("node {i} crashed"));
+            }
+        }
+        if self.rng.f64() < f.restart {
+            let i = self.rng.usize(..n);
+            if !self.nodes[i].up {
+                self.restart(i);
+            }
+        }
+        if self.rng.f64() < f.cut {
+            let (a, b) = (self.rng.usize(..n), self.rng.usize(..n));
+            if a != b {
+                self.cut.insert((a.min(b), a.max(b)));
+                self.log(format!("link {a}-{b} cut"));
+            }
+        }
+        if self.rng.f64() < f.heal && !self.cut.is_empty() {
+            let k = *self
+                .cut
+                .iter()
+                .nth(self.rng.usize(..self.cut.len()))
+                .unwrap();
+            self.cut.remove(&k);
+            self.log(format!("link {}-{} healed", k.0, k.1));
+        }
+    }
+
+    fn restart(&mut self, i: usize) {
+        let (addr, skew) = (self.nodes[i].addr.clone(), self.nodes[i].skew);
+        let mut sorted = self.all.clone();
+        sorted.sort();
+        let idx = sorted.iter().position(|s| *s == addr).unwrap() as u32;
+        self.nodes[i] = Node::fresh(&addr, &self.all, idx << SHARD_BITS, skew, self.t);
+        self.log(format!("node {i} restarted empty"));
+    }
+
+    /// A starting node's snapshot load (SPEC 4.6).
+    fn startup_step(&mut self, i: usize) {
+        let mut answers = Vec::new();
+        for j in 0..self.nodes.len() {
+            if j == i {
+                continue;
+            }
+            if !self.reachable(i, j) {
+                answers.push(Answer::Nothing);
+            } else if !self.nodes[j].ready {
+                answers.push(Answer::Starting);
+            } else {
+                let snapshot = self.nodes[j].store.snapshot();
+                let now = self.nodes[i].clock(self.t);
+                for d in snapshot {
+                    self.nodes[i].store.merge(d, now);
+                }
+                answers.push(Answer::Served);
+                break;
+            }
+        }
+        let waited = self.t - self.nodes[i].started;
+        if startup::decide(&answers, waited) != Decision::Retry {
+            self.nodes[i].ready = true;
+            self.log(format!(
+                "node {i} ready ({:?})",
+                startup::decide(&answers, waited)
+            ));
+        }
+    }
+
+    fn nodes_step(&mut self) {
+        for i in 0..self.nodes.len() {
+            if !self.nodes[i].up {
+                continue;
+            }
+            if !self.nodes[i].ready {
+                if (self.t - self.nodes[i].started).is_multiple_of(1_000) {
+                    self.startup_step(i);
+                }
+                continue;
+            }
+            self.nodes[i].refresh_view(self.t);
+            // Expiry, owner only.
+            {
+                let node = &mut self.nodes[i];
+                let now = node.clock(self.t);
+                let me = node.addr.clone();
+                let healthy = node.healthy.clone();
+                let mut changed = Vec::new();
+                node.store.expire_owned(now, &mut changed, |g| {
+                    healthy[owner_index(g, healthy.len())] == me
+                });
+                let others = node.others();
+                for k in changed {
+                    node.tasks.mark(&k, &others, now);
+                }
+            }
+            // Replication batches.
+            let now = self.nodes[i].clock(self.t);
+            for (peer, services) in self.nodes[i].tasks.due(now) {
+                let to = self.index(&peer);
+                let datums: Vec<Datum> = services
+                    .iter()
+                    .filter_map(|k| self.nodes[i].store.datum(k))
+                    .collect();
+                if !self.send(i, to, Msg::Datums { to, datums }) {
+                    self.nodes[i].tasks.failed(&peer, services, 0, now);
+                }
+            }
+            // Member reports.
+            if self.t >= self.nodes[i].next_report {
+                self.nodes[i].next_report = self.t + REPORT_MS;
+                if let Some(target) = self.nodes[i].members.next_report_target() {
+                    let j = self.index(&target);
+                    let outcome = if !self.nodes[j].up {
+                        ReportOutcome::Refused
+                    } else if !self.reachable(i, j) {
+                        ReportOutcome::Failed
+                    } else {
+                        let me = self.nodes[i].addr.clone();
+                        self.nodes[j].members.report_received(&me);
+                        if self.nodes[j].ready {
+                            ReportOutcome::Accepted
+                        } else {
+                            ReportOutcome::Starting
+                        }
+                    };
+                    if self.nodes[i].members.report_outcome(&target, outcome) {
+                        let e = format!("node {i} sees {target} {outcome:?}");
+                        self.log(e);
+                    }
+                }
+            }
+            // Verify rounds.
+            if self.t >= self.nodes[i].next_verify {
+                self.nodes[i].next_verify = self.t + VERIFY_MS;
+                let node = &self.nodes[i];
+                let me = node.addr.clone();
+                let healthy = node.healthy.clone();
+                let round = distro_registry::distro::hlc::pack(node.clock(self.t), 0);
+                let sums = node
+                    .store
+                    .checksums(|g| healthy[owner_index(g, healthy.len())] == me);
+                for peer in node.others() {
+                    let to = self.index(&peer);
+                    let msg = Msg::Checksums {
+                        from: i,
+                        to,
+                        round,
+                        healthy: healthy.clone(),
+                        sums: sums.clone(),
+                    };
+                    self.send(i, to, msg);
+                }
+            }
+        }
+    }
+
+    fn step(&mut self) {
+        self.t += STEP_MS;
+        self.deliver();
+        if self.churn {
+            self.faults_step();
+        }
+        self.clients_step();
+        self.nodes_step();
+    }
+
+    /// Instances (keys) of every service a node holds.
+    fn holdings(&self, i: usize) -> BTreeMap<String, BTreeSet<String>> {
+        self.nodes[i]
+            .store
+            .snapshot()
+            .into_iter()
+            .map(|d| {
+                let key = ServiceId::new(&d.namespace, &d.group, &d.name)
+                    .full_key()
+                    .to_string();
+                let live = d
+                    .instances
+                    .iter()
+                    .filter(|r| !r.deleted)
+                    .map(|r| r.key.clone())
+                    .collect();
+                (key, live)
+            })
+            .filter(|(_, live): &(String, BTreeSet<String>)| !live.is_empty())
+            .collect()
+    }
+
+    /// Runs the seed: churn and faults, then heal and settle, then check.
+    fn run(&mut self, churn_ms: u64, settle_ms: u64) -> Result<(), String> {
+        while self.t < churn_ms {
+            self.step();
+        }
+        self.churn = false;
+        self.cut.clear();
+        for i in 0..self.nodes.len() {
+            if !self.nodes[i].up {
+                self.restart(i);
+            }
+        }
+        self.log("faults healed, churn stopped".into());
+        let end = self.t + settle_ms;
+        while self.t < end {
+            self.step();
+        }
+        self.check()
+    }
+
+    fn check(&self) -> Result<(), String> {
+        let h0 = self.holdings(0);
+        for i in 1..self.nodes.len() {
+            let hi = self.holdings(i);
+            if hi != h0 {
+                return Err(format!(
+                    "invariant 1: node 0 and node {i} differ:\n  0: {h0:?}\n  {i}: {hi:?}"
+                ));
+            }
+        }
+        for (c, cl) in self.clients.iter().enumerate() {
+            let present = h0
+                .get(cl.svc.full_key())
+                .is_some_and(|s| s.contains(&cl.addr.key()));
+            match cl.state {
+                ClientState::Beating if !present => {
+                    return Err(format!("invariant 2: beating client {c} is missing"))
+                }
+                ClientState::Deregistered if present => {
+                    return Err(format!("invariant 3: deregistered client {c} is back"))
+                }
+                _ => {}
+            }
+        }
+        Ok(())
+    }
+
+    fn report(&self, err: &str) -> String {
+        let trace: Vec<&str> = self.trace.iter().map(|s| s.as_str()).collect();
+        format!(
+            "seed {}: {err}\nlast events:\n  {}",
+            self.seed,
+            trace.join("\n  ")
+        )
+    }
+}
+
+fn run_seed(seed: u64) -> Result<(), String> {
+    let n = 3 + (seed % 3) as usize;
+    let mut sim = Sim::new(seed, n, FAULTS);
+    sim.run(120_000, 40_000).map_err(|e| sim.report(&e))
+}
+
+#[test]
+fn seeds_keep_the_invariants() {
+    let seeds: u64 = std::env::var("SIM_SEEDS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(200);
+    let start = std::time::Instant::now();
+    let mut violations = Vec::new();
+    for seed in 0..seeds {
+        if let Err(e) = run_seed(seed) {
+            violations.push(e);
+        }
+    }
+    println!(
+        "simulated {seeds} seeds: {} invariant violations ({:.1} s)",
+        violations.len(),
+        start.elapsed().as_secs_f64()
+    );
+    if let Some(first) = violations.first() {
+        panic!("{first}");
+    }
+}
+
+/// `SIM_SEED=N cargo test --test simulation replay -- --nocapture`: one
+/// seed with its whole trace.
+#[test]
+fn replay() {
+    let Some(seed) = std::env::var("SIM_SEED").ok().and_then(|v| v.parse().ok()) else {
+        return;
+    };
+    match run_seed(seed) {
+        Ok(()) => println!("seed {seed}: ok"),
+        Err(e) => println!("{e}"),
+    }
+}
+
+#[test]
+fn a_seed_replays_exactly() {
+    let trace = |seed| {
+        let mut sim = Sim::new(seed, 4, FAULTS);
+        let _ = sim.run(60_000, 20_000);
+        (sim.trace.clone(), sim.holdings(0))
+    };
+    assert_eq!(trace(7), trace(7));
+}
