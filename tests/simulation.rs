@@ -34,6 +34,14 @@ const REPORT_MS: u64 = 2_000;
 const VERIFY_MS: u64 = 5_000;
 const BEAT_MS: u64 = 5_000;
 const SHARD_BITS: u32 = 8;
+/// Faults and client churn last this long (virtual time).
+const CHURN_MS: u64 = 120_000;
+/// Then the invariants must hold within this long (SPEC 4.7: two verify
+/// rounds; plus time for reports to bring every member back UP and for
+/// replication retries, whose backoff is capped at 5 s).
+const SETTLE_MS: u64 = 2 * VERIFY_MS + 2 * REPORT_MS * 4 + 5_000;
+/// Steps the final check may wait for changes in flight.
+const INFLIGHT_STEPS_MAX: usize = 10;
 /// Events kept for the trace printed on a violation.
 const TRACE_MAX: usize = 60;
 
@@ -78,6 +86,7 @@ struct Node {
     next_report: u64,
     next_verify: u64,
     started: u64,
+    bugs: Bugs,
 }
 
 impl Node {
@@ -98,7 +107,34 @@ impl Node {
             next_report: now + REPORT_MS,
             next_verify: now + VERIFY_MS,
             started: now,
+            bugs: Bugs::default(),
         }
+    }
+
+    /// Merges a peer's datum (or, with `whole_list_lww`, replaces the
+    /// local list when the peer's is newer).
+    fn merge(&mut self, mut d: Datum, t: u64) {
+        let now = self.clock(t);
+        if self.bugs.whole_list_lww {
+            let key = ServiceId::new(&d.namespace, &d.group, &d.name);
+            if let Some(local) = self.store.datum(key.full_key()) {
+                let newest = d.max_version();
+                if newest <= local.max_version() {
+                    return;
+                }
+                let theirs: BTreeSet<String> = d.instances.iter().map(|r| r.key.clone()).collect();
+                for mut r in local
+                    .instances
+                    .into_iter()
+                    .filter(|r| !theirs.contains(&r.key))
+                {
+                    r.deleted = true;
+                    r.version = newest;
+                    d.instances.push(r);
+                }
+            }
+        }
+        self.store.merge(d, now);
     }
 
     fn clock(&self, t: u64) -> u64 {
@@ -140,8 +176,10 @@ impl Node {
         let new = self.healthy.clone();
         let owns = |h: &[String], g: &str| h[owner_index(g, h.len())] == me;
         let now = self.clock(t);
-        self.store
-            .grant_ownership_grace(now, |g| owns(&new, g) && !owns(&old, g));
+        if !self.bugs.no_grace {
+            self.store
+                .grant_ownership_grace(now, |g| owns(&new, g) && !owns(&old, g));
+        }
         for gone in old.iter().filter(|p| !new.contains(p)) {
             self.tasks.forget_peer(gone);
         }
@@ -179,6 +217,28 @@ struct Client {
     addr: InstanceAddr,
     state: ClientState,
     next_beat: u64,
+    /// Beating since (registered at).
+    since: u64,
+    /// Registered with `ephemeral=false`: never beats, never expires.
+    persistent: bool,
+    /// Its last register or deregister was acknowledged by a node that
+    /// crashed before any other node had it (AP: such a write is lost;
+    /// invariants 2 and 3 do not judge this client until its next op).
+    lost: bool,
+    /// (time, node) of recent beats.
+    beats: VecDeque<(u64, usize)>,
+}
+
+/// Protocol breakages the simulation must catch (tests below).
+#[derive(Clone, Copy, Default, PartialEq, Debug)]
+struct Bugs {
+    /// A new owner keeps the replicas' old beat times.
+    no_grace: bool,
+    /// A newer datum replaces the whole local list (Nacos' last writer
+    /// wins) instead of merging per instance.
+    whole_list_lww: bool,
+    /// Verify drops every unlisted service of the source, whoever wrote it.
+    drop_unconditionally: bool,
 }
 
 struct Sim {
@@ -195,6 +255,12 @@ struct Sim {
     trace: VecDeque<String>,
     faults: Faults,
     churn: bool,
+    bugs: Bugs,
+    /// The first violation seen during the run.
+    violation: Option<String>,
+    /// Last time any link was cut (invariant 4 is judged only where the
+    /// network let beats through).
+    last_cut: u64,
 }
 
 impl Sim {
@@ -223,6 +289,10 @@ impl Sim {
                 },
                 state: ClientState::Stopped,
                 next_beat: 0,
+                since: 0,
+                persistent: k % 3 == 0,
+                lost: false,
+                beats: VecDeque::new(),
             })
             .collect();
         Sim {
@@ -238,6 +308,9 @@ impl Sim {
             trace: VecDeque::new(),
             faults,
             churn: true,
+            bugs: Bugs::default(),
+            violation: None,
+            last_cut: 0,
         }
     }
 
@@ -299,9 +372,9 @@ impl Sim {
             match msg {
                 Msg::Datums { to, datums } => {
                     if self.nodes[to].up {
-                        let now = self.nodes[to].clock(self.t);
                         for d in datums {
-                            self.nodes[to].store.merge(d, now);
+                            self.watch(to, "replication", &d);
+                            self.nodes[to].merge(d, self.t);
                         }
                     }
                 }
@@ -346,13 +419,34 @@ impl Sim {
             let mut sorted = self.all.clone();
             sorted.sort();
             let source_node = sorted.iter().position(|a| *a == source).unwrap() as u32;
-            let dropped = node.store.drop_unlisted(
-                source_node,
-                SHARD_BITS,
-                round,
-                |g| view[owner_index(g, view.len())] == source,
-                |k| listed.contains(k),
-            );
+            let dropped = if node.bugs.drop_unconditionally {
+                let now = node.clock(self.t);
+                let doomed: Vec<String> = node
+                    .store
+                    .checksums(|g| view[owner_index(g, view.len())] == source)
+                    .into_iter()
+                    .filter(|(k, _)| !listed.contains(k.as_str()))
+                    .map(|(k, _)| k)
+                    .collect();
+                for k in &doomed {
+                    if let Some(mut d) = node.store.datum(k) {
+                        for r in d.instances.iter_mut() {
+                            r.deleted = true;
+                            r.version.hlc += 1;
+                        }
+                        node.store.merge(d, now);
+                    }
+                }
+                doomed.into_iter().map(std::rc::Rc::from).collect()
+            } else {
+                node.store.drop_unlisted(
+                    source_node,
+                    SHARD_BITS,
+                    round,
+                    |g| view[owner_index(g, view.len())] == source,
+                    |k| listed.contains(k),
+                )
+            };
             // Kept but unlisted: replicated back to the owner.
             let now = node.clock(self.t);
             let missing: Vec<String> = node
@@ -377,12 +471,15 @@ impl Sim {
                 .collect();
             let now = self.nodes[to].clock(self.t);
             for d in datums {
-                self.nodes[to].store.merge(d, now);
+                self.watch(to, "verify fetch", &d);
+                self.nodes[to].merge(d, self.t);
             }
             // Still different: this copy holds what the owner lacks.
             for (k, sum) in sums.iter().filter(|(k, _)| fetch.contains(k)) {
                 if self.nodes[to].store.checksum(k).is_some_and(|m| m != *sum) {
-                    self.nodes[to].tasks.mark(k, std::slice::from_ref(&source), now);
+                    self.nodes[to]
+                        .tasks
+                        .mark(k, std::slice::from_ref(&source), now);
                 }
             }
         }
@@ -398,7 +495,32 @@ impl Sim {
         } else {
             x
         };
+        let what = match &op {
+            Op::Register { spec, .. } => Some(format!("register {}", spec.addr.ip)),
+            Op::Deregister { addr, .. } => Some(format!("deregister {}", addr.ip)),
+            _ => None,
+        };
+        if let Some(w) = what {
+            self.log(format!(
+                "{w} of {grouped} at node {target} (via {x}, owner {owner})"
+            ));
+        }
+        let watched = std::env::var("SIM_WATCH").ok();
+        let wkey = op.service().full_key().to_string();
         let reply = self.nodes[target].apply(op, self.t);
+        if let Some(ip) = watched {
+            let d = self.nodes[target].store.datum(&wkey);
+            let rec = d.as_ref().and_then(|d| {
+                d.instances
+                    .iter()
+                    .find(|r| r.ip == ip)
+                    .map(|r| (r.deleted, r.version.hlc >> 16))
+            });
+            self.log(format!(
+                "  after: node {target} holds {rec:?} (service known {})",
+                d.is_some()
+            ));
+        }
         let body = String::from_utf8_lossy(&reply.body).to_string();
         if body.contains("20404") {
             20404
@@ -459,10 +581,11 @@ impl Sim {
                 let (svc, addr) = (self.clients[c].svc.clone(), self.clients[c].addr.clone());
                 match state {
                     ClientState::Beating => {
-                        if self.rng.bool() {
+                        if self.clients[c].persistent || self.rng.bool() {
                             let op = Op::Deregister { svc, addr };
                             self.client_op(x, op);
                             self.clients[c].state = ClientState::Deregistered;
+                            self.clients[c].lost = false;
                             self.log(format!("client {c} deregistered via {x}"));
                         } else {
                             self.clients[c].state = ClientState::Stopped;
@@ -475,20 +598,30 @@ impl Sim {
                             weight: 1.0,
                             healthy: true,
                             enabled: true,
-                            ephemeral: true,
+                            ephemeral: !self.clients[c].persistent,
                             metadata: Default::default(),
                         };
                         self.client_op(x, Op::Register { svc, spec });
                         self.clients[c].state = ClientState::Beating;
+                        self.clients[c].lost = false;
                         self.clients[c].next_beat = self.t + BEAT_MS;
+                        self.clients[c].since = self.t;
+                        self.clients[c].beats.clear();
                         self.log(format!("client {c} registered via {x}"));
                     }
                 }
                 continue;
             }
-            if state == ClientState::Beating && self.t >= self.clients[c].next_beat {
+            let beats = !self.clients[c].persistent;
+            if beats && state == ClientState::Beating && self.t >= self.clients[c].next_beat {
                 self.clients[c].next_beat = self.t + BEAT_MS;
                 self.beat(c, x);
+                let t = self.t;
+                let beats = &mut self.clients[c].beats;
+                beats.push_back((t, x));
+                while beats.front().is_some_and(|(bt, _)| *bt + 60_000 < t) {
+                    beats.pop_front();
+                }
             }
         }
     }
@@ -499,8 +632,7 @@ impl Sim {
         if self.rng.f64() < f.crash {
             let i = self.rng.usize(..n);
             if self.nodes[i].up && self.ready_nodes().len() > 1 {
-                self.nodes[i].up = false;
-                self.log(format!("node {i} crashed"));
+                self.crash(i);
             }
         }
         if self.rng.f64() < f.restart {
@@ -527,12 +659,42 @@ impl Sim {
         }
     }
 
+    /// Node `i` loses everything. Writes only it had are gone: their
+    /// clients are marked `lost`.
+    fn crash(&mut self, i: usize) {
+        for c in 0..self.clients.len() {
+            let (key, inst) = (
+                self.clients[c].svc.full_key().to_string(),
+                self.clients[c].addr.key(),
+            );
+            let version = |n: &Node| {
+                n.store
+                    .datum(&key)
+                    .and_then(|d| d.instances.into_iter().find(|r| r.key == inst))
+                    .map(|r| r.version)
+            };
+            let Some(mine) = version(&self.nodes[i]) else {
+                continue;
+            };
+            let elsewhere = (0..self.nodes.len())
+                .filter(|&j| j != i && self.nodes[j].up)
+                .any(|j| version(&self.nodes[j]).is_some_and(|v| v >= mine));
+            if !elsewhere && !self.clients[c].lost {
+                self.clients[c].lost = true;
+                self.log(format!("client {c}'s last write died with node {i}"));
+            }
+        }
+        self.nodes[i].up = false;
+        self.log(format!("node {i} crashed"));
+    }
+
     fn restart(&mut self, i: usize) {
         let (addr, skew) = (self.nodes[i].addr.clone(), self.nodes[i].skew);
         let mut sorted = self.all.clone();
         sorted.sort();
         let idx = sorted.iter().position(|s| *s == addr).unwrap() as u32;
         self.nodes[i] = Node::fresh(&addr, &self.all, idx << SHARD_BITS, skew, self.t);
+        self.nodes[i].bugs = self.bugs;
         self.log(format!("node {i} restarted empty"));
     }
 
@@ -549,9 +711,9 @@ impl Sim {
                 answers.push(Answer::Starting);
             } else {
                 let snapshot = self.nodes[j].store.snapshot();
-                let now = self.nodes[i].clock(self.t);
                 for d in snapshot {
-                    self.nodes[i].store.merge(d, now);
+                    self.watch(i, "snapshot", &d);
+                    self.nodes[i].merge(d, self.t);
                 }
                 answers.push(Answer::Served);
                 break;
@@ -580,7 +742,7 @@ impl Sim {
             }
             self.nodes[i].refresh_view(self.t);
             // Expiry, owner only.
-            {
+            let changed = {
                 let node = &mut self.nodes[i];
                 let now = node.clock(self.t);
                 let me = node.addr.clone();
@@ -590,8 +752,27 @@ impl Sim {
                     healthy[owner_index(g, healthy.len())] == me
                 });
                 let others = node.others();
-                for k in changed {
-                    node.tasks.mark(&k, &others, now);
+                for k in &changed {
+                    node.tasks.mark(k, &others, now);
+                }
+                changed
+            };
+            // The instances this expiry deleted: tombstones it just wrote.
+            let now = self.nodes[i].clock(self.t);
+            for k in changed {
+                let Some(d) = self.nodes[i].store.datum(&k) else {
+                    continue;
+                };
+                for r in d.instances.iter().filter(|r| {
+                    r.deleted && distro_registry::distro::hlc::physical_ms(r.version.hlc) == now
+                }) {
+                    let c = self
+                        .clients
+                        .iter()
+                        .position(|cl| cl.svc.full_key() == k.as_ref() && cl.addr.key() == r.key);
+                    if let Some(c) = c {
+                        self.expired(i, c);
+                    }
                 }
             }
             // Replication batches.
@@ -655,11 +836,60 @@ impl Sim {
         }
     }
 
+    /// With `SIM_WATCH=ip`, logs every datum record of that instance a
+    /// node is about to merge, and whether it holds it before.
+    fn watch(&mut self, to: usize, how: &str, d: &Datum) {
+        let Ok(ip) = std::env::var("SIM_WATCH") else {
+            return;
+        };
+        for r in d.instances.iter().filter(|r| r.ip == ip) {
+            let key = ServiceId::new(&d.namespace, &d.group, &d.name);
+            let mine = self.nodes[to]
+                .store
+                .datum(key.full_key())
+                .and_then(|l| l.instances.into_iter().find(|x| x.key == r.key))
+                .map(|x| (x.deleted, x.version.hlc >> 16));
+            let svc_known = self.nodes[to].store.datum(key.full_key()).is_some();
+            let e = format!(
+                "node {to} {how}: {} deleted={} v={} (has {mine:?}, service known {svc_known})",
+                r.ip,
+                r.deleted,
+                r.version.hlc >> 16
+            );
+            self.log(e);
+        }
+    }
+
+    /// Invariant 4: node `i` expired client `c`'s instance. A violation
+    /// when the client beat all along (for a whole delete timeout), no link
+    /// was cut meanwhile (a cut lets an AP owner miss the beats), and its
+    /// last beat went to a node that was up.
+    fn expired(&mut self, i: usize, c: usize) {
+        let window = timeouts().delete_timeout_ms;
+        let cl = &self.clients[c];
+        let beating = cl.state == ClientState::Beating && cl.since + window + BEAT_MS <= self.t;
+        let calm = self.last_cut + window <= self.t;
+        let recent = cl
+            .beats
+            .back()
+            .is_some_and(|(t, x)| t + BEAT_MS * 2 > self.t && self.nodes[*x].up);
+        let e = format!("node {i} expired client {c} (beating {beating}, calm {calm})");
+        self.log(e);
+        if beating && calm && recent && self.violation.is_none() {
+            self.violation = Some(format!(
+                "invariant 4: node {i} expired client {c}, which kept beating"
+            ));
+        }
+    }
+
     fn step(&mut self) {
         self.t += STEP_MS;
         self.deliver();
         if self.churn {
             self.faults_step();
+        }
+        if !self.cut.is_empty() {
+            self.last_cut = self.t;
         }
         self.clients_step();
         self.nodes_step();
@@ -704,10 +934,21 @@ impl Sim {
         while self.t < end {
             self.step();
         }
+        // An expiry of a silent instance may be in flight at the very
+        // moment of the check: give the state up to a second to settle.
+        for _ in 0..INFLIGHT_STEPS_MAX {
+            if self.check().is_ok() {
+                return Ok(());
+            }
+            self.step();
+        }
         self.check()
     }
 
     fn check(&self) -> Result<(), String> {
+        if let Some(v) = &self.violation {
+            return Err(v.clone());
+        }
         let h0 = self.holdings(0);
         for i in 1..self.nodes.len() {
             let hi = self.holdings(i);
@@ -717,13 +958,16 @@ impl Sim {
                 ));
             }
         }
-        for (c, cl) in self.clients.iter().enumerate() {
+        for (c, cl) in self.clients.iter().enumerate().filter(|(_, cl)| !cl.lost) {
             let present = h0
                 .get(cl.svc.full_key())
                 .is_some_and(|s| s.contains(&cl.addr.key()));
             match cl.state {
                 ClientState::Beating if !present => {
-                    return Err(format!("invariant 2: beating client {c} is missing"))
+                    return Err(format!(
+                        "invariant 2: registered client {c} (persistent {}) is missing",
+                        cl.persistent
+                    ))
                 }
                 ClientState::Deregistered if present => {
                     return Err(format!("invariant 3: deregistered client {c} is back"))
@@ -745,9 +989,56 @@ impl Sim {
 }
 
 fn run_seed(seed: u64) -> Result<(), String> {
+    run_seed_with(seed, Bugs::default())
+}
+
+fn run_seed_with(seed: u64, bugs: Bugs) -> Result<(), String> {
     let n = 3 + (seed % 3) as usize;
     let mut sim = Sim::new(seed, n, FAULTS);
-    sim.run(120_000, 40_000).map_err(|e| sim.report(&e))
+    sim.bugs = bugs;
+    for node in &mut sim.nodes {
+        node.bugs = bugs;
+    }
+    sim.run(CHURN_MS, SETTLE_MS).map_err(|e| sim.report(&e))
+}
+
+/// The first seed (below `limit`) on which a broken protocol violates an
+/// invariant.
+fn first_catch(bugs: Bugs, limit: u64) -> Option<(u64, String)> {
+    (0..limit).find_map(|seed| run_seed_with(seed, bugs).err().map(|e| (seed, e)))
+}
+
+#[test]
+fn the_simulation_catches_a_missing_ownership_grace() {
+    let bugs = Bugs {
+        no_grace: true,
+        ..Bugs::default()
+    };
+    let found = first_catch(bugs, 300);
+    assert!(found.is_some(), "no violation in 300 seeds");
+    println!("no grace: caught at seed {}", found.unwrap().0);
+}
+
+#[test]
+fn the_simulation_catches_whole_list_last_writer_wins() {
+    let bugs = Bugs {
+        whole_list_lww: true,
+        ..Bugs::default()
+    };
+    let found = first_catch(bugs, 300);
+    assert!(found.is_some(), "no violation in 300 seeds");
+    println!("whole-list LWW: caught at seed {}", found.unwrap().0);
+}
+
+#[test]
+fn the_simulation_catches_an_unconditional_verify_drop() {
+    let bugs = Bugs {
+        drop_unconditionally: true,
+        ..Bugs::default()
+    };
+    let found = first_catch(bugs, 300);
+    assert!(found.is_some(), "no violation in 300 seeds");
+    println!("unconditional drop: caught at seed {}", found.unwrap().0);
 }
 
 #[test]
@@ -780,9 +1071,21 @@ fn replay() {
     let Some(seed) = std::env::var("SIM_SEED").ok().and_then(|v| v.parse().ok()) else {
         return;
     };
-    match run_seed(seed) {
+    let n = 3 + (seed % 3) as usize;
+    let mut sim = Sim::new(seed, n, FAULTS);
+    match sim.run(CHURN_MS, SETTLE_MS) {
         Ok(()) => println!("seed {seed}: ok"),
-        Err(e) => println!("{e}"),
+        Err(e) => println!("{}", sim.report(&e)),
+    }
+    if let Ok(svc) = std::env::var("SIM_SHOW") {
+        let key = ServiceId::new("public", "DEFAULT_GROUP", &svc);
+        for (i, node) in sim.nodes.iter().enumerate() {
+            println!(
+                "node {i} {:?}: {:?}",
+                node.healthy,
+                node.store.datum(key.full_key())
+            );
+        }
     }
 }
 

@@ -175,8 +175,10 @@ pub struct Store {
     /// plus the delete timeout).
     tombstone_ttl_ms: u64,
     /// Tombstones in creation order, so in purge order (one TTL for all):
-    /// (purge at, service key, instance key or None for the service).
-    purges: VecDeque<(u64, Rc<str>, Option<Rc<str>>)>,
+    /// (purge at, service key, instance key or None for the service, the
+    /// tombstone's version: a newer tombstone of the same key outlives an
+    /// older entry; found by the simulation).
+    purges: VecDeque<(u64, Rc<str>, Option<Rc<str>>, Version)>,
     /// Deleted services: their id and the version of the delete.
     service_tombstones: Map<Rc<str>, (ServiceId, Version)>,
 }
@@ -229,6 +231,7 @@ impl Store {
                 now_ms + self.tombstone_ttl_ms,
                 svc_key.clone(),
                 Some(inst_key),
+                version,
             ));
         }
     }
@@ -244,22 +247,26 @@ impl Store {
 
     /// Drops the tombstones older than the TTL. Cost: what is purged.
     fn purge(&mut self, now_ms: u64) {
-        while let Some((at, _, _)) = self.purges.front() {
+        while let Some((at, ..)) = self.purges.front() {
             if *at > now_ms {
                 break;
             }
-            let (_, svc_key, inst_key) = self.purges.pop_front().expect("front exists");
+            let (_, svc_key, inst_key, version) = self.purges.pop_front().expect("front exists");
             match inst_key {
                 Some(k) => {
                     if let Some(s) = self.services.get_mut(&svc_key) {
-                        if s.tombstones.remove(&k).is_some() {
+                        if s.tombstones.get(&k) == Some(&version) {
+                            s.tombstones.remove(&k);
                             // The checksum covers tombstones; lists do not.
                             s.revision += 1;
                         }
                     }
                 }
                 None => {
-                    self.service_tombstones.remove(&svc_key);
+                    if matches!(self.service_tombstones.get(&svc_key), Some((_, v)) if *v == version)
+                    {
+                        self.service_tombstones.remove(&svc_key);
+                    }
                 }
             }
         }
@@ -524,8 +531,12 @@ impl Store {
                         if let Some(gone) = self.services.remove(key) {
                             self.service_tombstones
                                 .insert(gone.key.clone(), (gone.id, version));
-                            self.purges
-                                .push_back((now_ms + self.tombstone_ttl_ms, gone.key, None));
+                            self.purges.push_back((
+                                now_ms + self.tombstone_ttl_ms,
+                                gone.key,
+                                None,
+                                version,
+                            ));
                         }
                         changed(Reply::ok())
                     }

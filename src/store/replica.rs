@@ -152,7 +152,7 @@ impl Store {
                     *instances -= 1;
                 }
                 s.tombstones.insert(inst_key.clone(), r.version);
-                purges.push_back((now_ms + ttl, svc_key.clone(), Some(inst_key)));
+                purges.push_back((now_ms + ttl, svc_key.clone(), Some(inst_key), r.version));
                 continue;
             }
             s.tombstones.remove(&inst_key);
@@ -203,7 +203,7 @@ impl Store {
             let k: Rc<str> = Rc::from(key);
             self.service_tombstones.insert(k.clone(), (id, deleted));
             self.purges
-                .push_back((now_ms + self.tombstone_ttl_ms, k, None));
+                .push_back((now_ms + self.tombstone_ttl_ms, k, None, deleted));
         }
         removed || !newer_tomb
     }
