@@ -41,7 +41,7 @@ const CHURN_MS: u64 = 120_000;
 /// replication retries, whose backoff is capped at 5 s).
 const SETTLE_MS: u64 = 2 * VERIFY_MS + 2 * REPORT_MS * 4 + 5_000;
 /// Steps the final check may wait for changes in flight.
-const INFLIGHT_STEPS_MAX: usize = 10;
+const INFLIGHT_STEPS_MAX: usize = 30;
 /// Events kept for the trace printed on a violation.
 const TRACE_MAX: usize = 60;
 
@@ -935,7 +935,7 @@ impl Sim {
             self.step();
         }
         // An expiry of a silent instance may be in flight at the very
-        // moment of the check: give the state up to a second to settle.
+        // moment of the check: give the state up to 3 s (a slow message) to settle.
         for _ in 0..INFLIGHT_STEPS_MAX {
             if self.check().is_ok() {
                 return Ok(());

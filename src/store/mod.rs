@@ -285,14 +285,14 @@ impl Store {
     }
 
     pub fn service(&self, full_key: &str) -> Option<&Service> {
-        self.services.get(full_key)
+        self.services.get(full_key).filter(|s| !s.hidden)
     }
 
     /// Grouped-less names of the services in `namespace` and `group`.
     pub fn service_names(&self, namespace: &str, group: &str) -> Vec<String> {
         self.services
             .values()
-            .filter(|s| s.id.namespace() == namespace && s.id.group() == group)
+            .filter(|s| !s.hidden && s.id.namespace() == namespace && s.id.group() == group)
             .map(|s| s.id.name().to_string())
             .collect()
     }
@@ -321,6 +321,7 @@ impl Store {
         let version = self.next_version(now_ms);
         self.service_tombstones.remove(svc.full_key());
         let s = self.service_mut(svc, now_ms);
+        s.hidden = false;
         let key = spec.addr.key();
         let timeouts = defaults.for_metadata(&spec.metadata);
         let timer_armed = s
@@ -439,6 +440,12 @@ impl Store {
                 }
             }
             Op::Deregister { svc, addr } => {
+                if !self.services.contains_key(svc.full_key()) {
+                    // The service has not reached this node yet (or never
+                    // existed): a hidden one keeps the tombstone.
+                    let s = self.service_mut(&svc, now_ms);
+                    s.hidden = true;
+                }
                 let Some(s) = self.services.get_mut(svc.full_key()) else {
                     return unchanged(Reply::ok());
                 };
@@ -487,7 +494,7 @@ impl Store {
                 }
             }
             Op::CreateService { svc, change } => {
-                if self.services.contains_key(svc.full_key()) {
+                if self.service(svc.full_key()).is_some() {
                     return unchanged(Reply::bad_request(format!(
                         "specified service already exists, serviceName : {}",
                         svc.grouped()
@@ -496,26 +503,29 @@ impl Store {
                 let version = self.next_version(now_ms);
                 self.service_tombstones.remove(svc.full_key());
                 let s = self.service_mut(&svc, now_ms);
+                s.hidden = false;
                 Self::set_service(s, change);
                 s.fields_version = version;
                 s.touch(now_ms);
                 changed(Reply::ok())
             }
-            Op::UpdateService { svc, change } => match self.services.get_mut(svc.full_key()) {
-                Some(s) => {
-                    Self::set_service(s, change);
-                    s.fields_version = self.stamp.next(now_ms);
-                    s.touch(now_ms);
-                    changed(Reply::ok())
+            Op::UpdateService { svc, change } => {
+                match self.services.get_mut(svc.full_key()).filter(|s| !s.hidden) {
+                    Some(s) => {
+                        Self::set_service(s, change);
+                        s.fields_version = self.stamp.next(now_ms);
+                        s.touch(now_ms);
+                        changed(Reply::ok())
+                    }
+                    None => unchanged(Reply::not_found(format!(
+                        "service not found: {}",
+                        svc.grouped()
+                    ))),
                 }
-                None => unchanged(Reply::not_found(format!(
-                    "service not found: {}",
-                    svc.grouped()
-                ))),
-            },
+            }
             Op::DeleteService { svc } => {
                 let key = svc.full_key();
-                match self.services.get(key) {
+                match self.service(key) {
                     None => unchanged(Reply::not_found(format!(
                         "service not found: {}",
                         svc.grouped()
@@ -542,7 +552,7 @@ impl Store {
                     }
                 }
             }
-            Op::GetService { svc } => match self.services.get(svc.full_key()) {
+            Op::GetService { svc } => match self.service(svc.full_key()) {
                 Some(s) => unchanged(Reply::json(render::service_json(s))),
                 None => unchanged(Reply::not_found(format!(
                     "service not found: {}",

@@ -118,7 +118,14 @@ impl Store {
         }
         let defaults = self.defaults;
         let ttl = self.tombstone_ttl_ms;
-        self.service_mut(&id, now_ms);
+        let new_here = !self.services.contains_key(key);
+        let s = self.service_mut(&id, now_ms);
+        if new_here {
+            // Only tombstones and default fields: hidden here as where it
+            // came from (see `Service::hidden`).
+            s.hidden =
+                d.fields.version == Version::default() && d.instances.iter().all(|r| r.deleted);
+        }
         let Store {
             services,
             timers,
@@ -130,6 +137,7 @@ impl Store {
         let svc_key = s.key.clone();
         let mut changed = false;
         if d.fields.version > s.fields_version {
+            s.hidden = false;
             s.protect_threshold = d.fields.protect_threshold;
             s.metadata = d.fields.metadata;
             s.selector = d.fields.selector;
@@ -156,6 +164,7 @@ impl Store {
                 continue;
             }
             s.tombstones.remove(&inst_key);
+            s.hidden = false;
             let existing = s.instances.get(&inst_key);
             let mut inst = Instance {
                 key: inst_key.clone(),

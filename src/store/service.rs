@@ -88,6 +88,10 @@ pub struct Service {
     pub tombstones: super::Map<Rc<str>, crate::distro::hlc::Version>,
     /// The replication checksum and the revision it was computed at.
     pub checksum_cache: std::cell::Cell<Option<(u64, u64)>>,
+    /// Exists only to hold the tombstone of a deregister that arrived
+    /// before the service did: not listed, not found, until something is
+    /// registered in it or it is created.
+    pub hidden: bool,
 }
 
 impl Service {
@@ -106,6 +110,7 @@ impl Service {
             fields_version: Default::default(),
             tombstones: super::Map::default(),
             checksum_cache: std::cell::Cell::new(None),
+            hidden: false,
         }
     }
 
