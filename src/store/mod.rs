@@ -163,6 +163,10 @@ pub const TOMBSTONE_VERIFY_ROUNDS_MS: u64 = 2 * 5_000;
 /// faster than SipHash on short strings and is seeded per process.
 pub type Map<K, V> = HashMap<K, V, foldhash::fast::RandomState>;
 
+/// A tombstone's purge: (at, service key, instance key or None for the
+/// service, the tombstone's version).
+type Purge = (u64, Rc<str>, Option<Rc<str>>, Version);
+
 /// One shard's services.
 pub struct Store {
     services: Map<Rc<str>, Service>,
@@ -178,7 +182,7 @@ pub struct Store {
     /// (purge at, service key, instance key or None for the service, the
     /// tombstone's version: a newer tombstone of the same key outlives an
     /// older entry; found by the simulation).
-    purges: VecDeque<(u64, Rc<str>, Option<Rc<str>>, Version)>,
+    purges: VecDeque<Purge>,
     /// Deleted services: their id and the version of the delete.
     service_tombstones: Map<Rc<str>, (ServiceId, Version)>,
 }
