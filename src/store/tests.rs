@@ -660,3 +660,74 @@ fn verify_drops_only_what_the_source_alone_wrote_before_its_round() {
         .is_empty());
     assert_eq!(replica.counts().services, 3);
 }
+
+#[test]
+fn a_deregister_before_the_registration_arrives_still_wins() {
+    // Node a registered; node b hears the deregister before a's copy.
+    let (mut a, mut b) = (node(1), node(2));
+    a.apply(
+        Op::Register {
+            svc: svc("early"),
+            spec: spec("10.0.0.1", 80, &[]),
+        },
+        1_000,
+    );
+    let r = b.apply(
+        Op::Deregister {
+            svc: svc("early"),
+            addr: addr("10.0.0.1", 80),
+        },
+        2_000,
+    );
+    assert!(r.changed, "a tombstone is written");
+    // The service is hidden on b: not listed, not found.
+    assert!(b.service_names("public", "DEFAULT_GROUP").is_empty());
+    let got = b.apply(Op::GetService { svc: svc("early") }, 2_001);
+    assert_eq!(got.reply.status, 404);
+    // a's older registration arrives: the instance stays gone.
+    let k = svc("early").full_key().to_string();
+    b.merge(a.datum(&k).unwrap(), 2_500);
+    assert!(ips(&mut b, "early", 2_600).is_empty());
+    // and a learns the deregister.
+    a.merge(b.datum(&k).unwrap(), 2_700);
+    assert!(ips(&mut a, "early", 2_800).is_empty());
+    // A later registration makes the service visible again.
+    b.apply(
+        Op::Register {
+            svc: svc("early"),
+            spec: spec("10.0.0.2", 80, &[]),
+        },
+        3_000,
+    );
+    assert_eq!(b.service_names("public", "DEFAULT_GROUP"), ["early"]);
+}
+
+#[test]
+fn an_old_tombstones_purge_leaves_a_newer_tombstone_alone() {
+    let mut a = node(1);
+    let dereg = |a: &mut Store, t| {
+        a.apply(
+            Op::Register {
+                svc: svc("p"),
+                spec: spec("10.0.0.1", 80, &[]),
+            },
+            t,
+        );
+        a.apply(
+            Op::Deregister {
+                svc: svc("p"),
+                addr: addr("10.0.0.1", 80),
+            },
+            t + 1,
+        );
+    };
+    let ttl = TOMBSTONE_VERIFY_ROUNDS_MS + Timeouts::default().delete_timeout_ms;
+    dereg(&mut a, 1_000);
+    dereg(&mut a, 20_000);
+    let mut changed = Vec::new();
+    // The first tombstone's purge time: the second one must survive it.
+    a.expire(1_001 + ttl, &mut changed);
+    assert_eq!(a.tombstones(), 1);
+    a.expire(20_001 + ttl, &mut changed);
+    assert_eq!(a.tombstones(), 0);
+}
