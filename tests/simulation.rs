@@ -1014,55 +1014,47 @@ fn run_seed_with(seed: u64, bugs: Bugs) -> Result<(), String> {
     sim.run(CHURN_MS, SETTLE_MS).map_err(|e| sim.report(&e))
 }
 
-/// The first seed (below `limit`) on which a broken protocol violates an
-/// invariant.
-fn first_catch(bugs: Bugs, limit: u64) -> Option<(u64, String)> {
-    (0..limit).find_map(|seed| run_seed_with(seed, bugs).err().map(|e| (seed, e)))
+/// Seeds a broken protocol gets to show a violation in.
+const CATCH_SEEDS_MAX: u64 = 300;
+
+/// Asserts that the simulation finds a violation of a protocol broken by
+/// `bugs` within `CATCH_SEEDS_MAX` seeds, and says where.
+fn assert_caught(name: &str, bugs: Bugs) {
+    let found =
+        (0..CATCH_SEEDS_MAX).find_map(|seed| run_seed_with(seed, bugs).err().map(|e| (seed, e)));
+    let Some((seed, e)) = found else {
+        panic!("{name}: no violation in {CATCH_SEEDS_MAX} seeds");
+    };
+    let first = e.lines().next().unwrap_or("");
+    let what = first.trim_start_matches(&format!("seed {seed}: "));
+    println!("{name}: caught at seed {seed}: {what}");
 }
 
 #[test]
 fn the_simulation_catches_a_missing_ownership_grace() {
-    let bugs = Bugs {
+    let no_grace = Bugs {
         no_grace: true,
         ..Bugs::default()
     };
-    let found = first_catch(bugs, 300);
-    assert!(found.is_some(), "no violation in 300 seeds");
-    let (seed, e) = found.unwrap();
-    println!(
-        "no grace: caught at seed {seed}: {}",
-        e.lines().next().unwrap_or("")
-    );
+    assert_caught("no grace", no_grace);
 }
 
 #[test]
 fn the_simulation_catches_whole_list_last_writer_wins() {
-    let bugs = Bugs {
+    let lww = Bugs {
         whole_list_lww: true,
         ..Bugs::default()
     };
-    let found = first_catch(bugs, 300);
-    assert!(found.is_some(), "no violation in 300 seeds");
-    let (seed, e) = found.unwrap();
-    println!(
-        "whole-list LWW: caught at seed {seed}: {}",
-        e.lines().next().unwrap_or("")
-    );
+    assert_caught("whole-list LWW", lww);
 }
 
 #[test]
 fn the_simulation_catches_an_unconditional_verify_drop() {
-    let bugs = Bugs {
+    let drop = Bugs {
         drop_unconditionally: true,
         ..Bugs::default()
     };
-    let found = first_catch(bugs, 300);
-    assert!(found.is_some(), "no violation in 300 seeds");
-    let (seed, e) = found.unwrap();
-    println!(
-        "unconditional drop: caught at seed {seed}: {}",
-        e.lines().next().unwrap_or("")
-    );
+    assert_caught("unconditional drop", drop);
 }
 
 #[test]
