@@ -39,6 +39,16 @@ def test_sdk_registers_through_the_cluster_and_survives_a_dead_node(cluster):
                 res = pc.list_naming_instance(s)
                 assert [(h["ip"], h["healthy"]) for h in res["hosts"]] == [("10.7.0.1", True)], (s, res)
         time.sleep(0.5)
+    # This SDK stops a beat thread only after its DELETE has returned, so a
+    # beat sent meanwhile can arrive after the deregister and, carrying its
+    # beat JSON, register the instance again (Nacos does the same; such an
+    # instance expires after the delete timeout). So the beat threads are
+    # stopped and joined first: what is checked is the cluster's deregister.
+    for s in services:
+        task = c.heartbeats[f"{s}#10.7.0.1#8080"]
+        task.stop()
+        task.join(timeout=5)
+        assert not task.is_alive(), s
     for s in services:
         assert c.remove_naming_instance(s, "10.7.0.1", 8080, cluster_name="c1")
     for s in services:
