@@ -59,6 +59,9 @@ pub struct ShardStats {
     pub datums_merged: AtomicU64,
     /// Services fetched because a verify round found them different.
     pub verify_fetches: AtomicU64,
+    /// Versions from peers refused for being too far in the future
+    /// (`hlc::DRIFT_MAX_MS`); copied from the store by housekeeping.
+    pub future_versions_refused: AtomicU64,
     /// `[endpoint][code]`.
     requests: Vec<AtomicU64>,
     /// `[endpoint][bucket]`, non-cumulative; the last is +Inf.
@@ -93,6 +96,7 @@ impl Default for ShardStats {
             datum_send_failures: AtomicU64::new(0),
             datums_merged: AtomicU64::new(0),
             verify_fetches: AtomicU64::new(0),
+            future_versions_refused: AtomicU64::new(0),
             requests: zeros(ENDPOINTS * CODES.len()),
             latency: zeros(ENDPOINTS * (LATENCY_BUCKETS_US.len() + 1)),
             latency_sum_us: zeros(ENDPOINTS),
@@ -132,7 +136,7 @@ pub fn render(shards: &[ShardStats], inbox_depth: &[usize], open_connections: us
     let _ = writeln!(o, "registry_services {}", sum(|s| &s.services));
     let _ = writeln!(o, "# TYPE registry_open_connections gauge");
     let _ = writeln!(o, "registry_open_connections {open_connections}");
-    let counters: [(&str, Field); 13] = [
+    let counters: [(&str, Field); 14] = [
         ("registry_forwarded_total", |s| &s.forwarded),
         ("registry_forward_failures_total", |s| &s.forward_failures),
         ("registry_beats_relayed_total", |s| &s.beats_relayed),
@@ -143,6 +147,9 @@ pub fn render(shards: &[ShardStats], inbox_depth: &[usize], open_connections: us
         }),
         ("registry_datums_merged_total", |s| &s.datums_merged),
         ("registry_verify_fetches_total", |s| &s.verify_fetches),
+        ("registry_future_versions_refused_total", |s| {
+            &s.future_versions_refused
+        }),
         ("registry_push_sent_total", |s| &s.pushes_sent),
         ("registry_push_acks_total", |s| &s.push_acks),
         ("registry_push_retries_total", |s| &s.push_retries),

@@ -19,6 +19,19 @@ pub fn logical(ts: u64) -> u64 {
     ts & LOGICAL_MAX
 }
 
+/// How far ahead of the local wall clock a version received from a peer
+/// may be. A version further ahead comes from a peer whose clock has gone
+/// wrong, or from a corrupt message: observing it would push every later
+/// local write into the future, and one near the end of the range wrapped
+/// the clock round to 0, so that local writes lost to everything (found by
+/// fuzzing the datum decoder). Such versions are not taken in (`Store::merge`).
+pub const DRIFT_MAX_MS: u64 = 60_000;
+
+/// Whether a version's timestamp may be taken in at local time `wall_ms`.
+pub fn acceptable(ts: u64, wall_ms: u64) -> bool {
+    physical_ms(ts) <= wall_ms.saturating_add(DRIFT_MAX_MS)
+}
+
 /// One writer's clock.
 #[derive(Debug, Clone, Default)]
 pub struct Hlc {
@@ -40,7 +53,11 @@ impl Hlc {
 
     /// Takes in a timestamp seen on a message, so that later local events
     /// order after it. Returns the clock's new value.
+    /// A remote timestamp beyond `DRIFT_MAX_MS` is ignored.
     pub fn observe(&mut self, remote: u64, wall_ms: u64) -> u64 {
+        if !acceptable(remote, wall_ms) {
+            return self.last;
+        }
         let wall = pack(wall_ms, 0);
         let max = self.last.max(remote);
         self.last = if wall > max { wall } else { Self::next(max) };

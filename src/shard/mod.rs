@@ -154,6 +154,8 @@ impl ShardCtx {
             .store(st.store.timers_armed() as u64, Ordering::Relaxed);
         s.subscribers
             .store(st.push.subscriber_count() as u64, Ordering::Relaxed);
+        s.future_versions_refused
+            .store(st.store.future_versions_refused(), Ordering::Relaxed);
     }
 
     fn handle_msg(&self, msg: ShardMsg) {

@@ -185,6 +185,9 @@ pub struct Store {
     purges: VecDeque<Purge>,
     /// Deleted services: their id and the version of the delete.
     service_tombstones: Map<Rc<str>, (ServiceId, Version)>,
+    /// Versions from peers refused for being too far in the future
+    /// (`hlc::DRIFT_MAX_MS`).
+    future_versions_refused: u64,
 }
 
 pub fn beat_reply(code: u32, interval_ms: u64) -> Reply {
@@ -213,6 +216,7 @@ impl Store {
             tombstone_ttl_ms: TOMBSTONE_VERIFY_ROUNDS_MS + defaults.delete_timeout_ms,
             purges: VecDeque::new(),
             service_tombstones: Map::default(),
+            future_versions_refused: 0,
         }
     }
 
@@ -274,6 +278,11 @@ impl Store {
                 }
             }
         }
+    }
+
+    /// Versions from peers refused for being too far ahead of this clock.
+    pub fn future_versions_refused(&self) -> u64 {
+        self.future_versions_refused
     }
 
     pub fn counts(&self) -> Counts {

@@ -8,7 +8,7 @@ use super::datum::{checksum_of, Datum, FieldsRecord, InstanceRecord};
 use super::instance::{Instance, InstanceAddr, Metadata};
 use super::service::{Service, ServiceId};
 use super::Store;
-use crate::distro::hlc::Version;
+use crate::distro::hlc::{self, Version};
 
 fn record(i: &Instance) -> InstanceRecord {
     InstanceRecord {
@@ -103,7 +103,28 @@ impl Store {
 
     /// Merges a peer's copy of a service. Returns whether anything a list
     /// or a push can see changed.
-    pub fn merge(&mut self, d: Datum, now_ms: u64) -> bool {
+    /// Versions more than `hlc::DRIFT_MAX_MS` ahead of `now_ms` are not
+    /// taken in (counted in `future_versions_refused`): such records, a
+    /// service delete or fields are left out, and arrive with a later
+    /// verify round once the local clock has caught up.
+    pub fn merge(&mut self, mut d: Datum, now_ms: u64) -> bool {
+        let ok = |v: Version| hlc::acceptable(v.hlc, now_ms);
+        let records = d.instances.len();
+        d.instances.retain(|r| ok(r.version));
+        let mut refused = records - d.instances.len();
+        if !ok(d.fields.version) {
+            d.fields.version = Version::default();
+            refused += 1;
+        }
+        if d.deleted.is_some_and(|v| !ok(v)) {
+            d.deleted = None;
+            refused += 1;
+            if d.instances.is_empty() {
+                self.future_versions_refused += refused as u64;
+                return false;
+            }
+        }
+        self.future_versions_refused += refused as u64;
         self.stamp.clock.observe(d.max_version().hlc, now_ms);
         let id = ServiceId::new(&d.namespace, &d.group, &d.name);
         let key = id.full_key();

@@ -731,3 +731,64 @@ fn an_old_tombstones_purge_leaves_a_newer_tombstone_alone() {
     a.expire(20_001 + ttl, &mut changed);
     assert_eq!(a.tombstones(), 0);
 }
+
+#[test]
+fn versions_too_far_in_the_future_are_refused_and_arrive_later() {
+    let (mut a, mut b) = (node(1), node(2));
+    let skew = crate::distro::hlc::DRIFT_MAX_MS + 1_000;
+    // a's clock runs more than the drift bound ahead of b's.
+    a.apply(
+        Op::Register {
+            svc: svc("f"),
+            spec: spec("10.0.0.1", 80, &[]),
+        },
+        1_000 + skew,
+    );
+    assert!(!sync(&a, &mut b, "f", 1_000), "refused: nothing changed");
+    assert!(ips(&mut b, "f", 1_001).is_empty());
+    assert_eq!(b.future_versions_refused(), 1);
+    // b's own writes are not pushed past the bound by what it refused.
+    b.apply(
+        Op::Register {
+            svc: svc("f"),
+            spec: spec("10.0.0.2", 80, &[]),
+        },
+        1_002,
+    );
+    let mine = b.datum(svc("f").full_key()).unwrap().instances[0].version;
+    assert!(crate::distro::hlc::physical_ms(mine.hlc) <= 1_002);
+    // Once b's clock is within the bound, the record merges.
+    assert!(sync(&a, &mut b, "f", 2_000));
+    assert_eq!(ips(&mut b, "f", 2_001), vec!["10.0.0.1", "10.0.0.2"]);
+}
+
+#[test]
+fn a_version_at_the_end_of_the_clock_range_does_not_wrap_local_writes() {
+    // Found by fuzzing the datum decoder: observing hlc u64::MAX wrapped
+    // the clock to 0, so every later local write lost to older records.
+    let mut b = node(2);
+    b.apply(
+        Op::Register {
+            svc: svc("w"),
+            spec: spec("10.0.0.1", 80, &[]),
+        },
+        1_000,
+    );
+    let mut d = b.datum(svc("w").full_key()).unwrap();
+    d.instances[0].version = Version {
+        hlc: u64::MAX,
+        writer: 7,
+    };
+    assert!(!b.merge(d, 1_001));
+    b.apply(
+        Op::Deregister {
+            svc: svc("w"),
+            addr: addr("10.0.0.1", 80),
+        },
+        1_002,
+    );
+    assert!(
+        ips(&mut b, "w", 1_003).is_empty(),
+        "the local deregister wins"
+    );
+}
