@@ -24,7 +24,7 @@ pub fn logical(ts: u64) -> u64 {
 /// wrong, or from a corrupt message: observing it would push every later
 /// local write into the future, and one near the end of the range wrapped
 /// the clock round to 0, so that local writes lost to everything (found by
-/// fuzzing the datum decoder). Such versions are not taken in (`Store::merge`).
+/// the datum-batch fuzz target's check, with a seed added by hand). Such versions are not taken in (`Store::merge`).
 pub const DRIFT_MAX_MS: u64 = 60_000;
 
 /// Whether a version's timestamp may be taken in at local time `wall_ms`.

@@ -116,15 +116,15 @@ impl Store {
             d.fields.version = Version::default();
             refused += 1;
         }
-        if d.deleted.is_some_and(|v| !ok(v)) {
+        let delete_refused = d.deleted.is_some_and(|v| !ok(v));
+        if delete_refused {
             d.deleted = None;
             refused += 1;
-            if d.instances.is_empty() {
-                self.future_versions_refused += refused as u64;
-                return false;
-            }
         }
         self.future_versions_refused += refused as u64;
+        if delete_refused && d.instances.is_empty() {
+            return false; // nothing left to merge
+        }
         self.stamp.clock.observe(d.max_version().hlc, now_ms);
         let id = ServiceId::new(&d.namespace, &d.group, &d.name);
         let key = id.full_key();
