@@ -537,6 +537,18 @@ fn peer_endpoints_refuse_requests_without_the_token() {
     let r = n.req_h("PUT", "/nacos/v1/ns/distro/datum", datum, &token);
     assert_eq!(r.status, 200, "{}", r.body);
     assert_eq!(ips(n, "forged"), BTreeSet::from(["6.6.6.6".to_string()]));
+    // A record stamped far in the future (here the end of the clock's
+    // range, which once wrapped the node's clock) is refused and counted.
+    let future = datum
+        .replace("forged", "future")
+        .replace("99999999999", &u64::MAX.to_string());
+    let r = n.req_h("PUT", "/nacos/v1/ns/distro/datum", &future, &token);
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert!(ips(n, "future").is_empty());
+    assert!(eventually(Duration::from_secs(5), || metric(
+        n,
+        "registry_future_versions_refused_total"
+    ) == 1));
 }
 
 #[test]
