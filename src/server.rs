@@ -19,7 +19,7 @@ const LISTEN_BACKLOG: i32 = 1024;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ServerError {
-    #[error("cannot listen on {addr}: {source}")]
+    #[error("cannot listen on {addr}: {}", listen_reason(.source))]
     Listen {
         addr: SocketAddr,
         source: std::io::Error,
@@ -30,6 +30,36 @@ pub enum ServerError {
     Thread(std::io::Error),
     #[error("{0}")]
     Config(crate::config::ConfigError),
+}
+
+/// "address already in use" says what to do about it.
+fn listen_reason(e: &std::io::Error) -> String {
+    if e.kind() == std::io::ErrorKind::AddrInUse {
+        "address already in use (another process holds this port: stop it, or choose \
+         another port)"
+            .to_string()
+    } else {
+        e.to_string()
+    }
+}
+
+/// Fails with `AddrInUse` when any socket already holds `addr`. The
+/// shards' listeners share the port through `SO_REUSEPORT`, and the
+/// kernel lets any process of the same user join such a group: a second
+/// node on a busy port would silently take half the connections. A socket
+/// bound without `SO_REUSEPORT` may not join, so binding one (and closing
+/// it) first tells whether the port is free. A node started in the same
+/// instant as another could still pass between the probe and its own
+/// binds; a node started beside a running one cannot.
+pub fn probe_free(addr: SocketAddr) -> std::io::Result<()> {
+    if addr.port() == 0 {
+        // The kernel picks a port no socket holds.
+        return Ok(());
+    }
+    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
+    // SO_REUSEADDR only: a port held by connections in TIME_WAIT is free.
+    socket.set_reuse_address(true)?;
+    socket.bind(&addr.into())
 }
 
 fn listener(addr: SocketAddr) -> std::io::Result<std::net::TcpListener> {
@@ -49,6 +79,7 @@ fn listeners(
     n: usize,
 ) -> Result<(SocketAddr, Vec<std::net::TcpListener>), ServerError> {
     let err = |source| ServerError::Listen { addr: bind, source };
+    probe_free(bind).map_err(err)?;
     let first = listener(bind).map_err(err)?;
     let addr = first.local_addr().map_err(err)?;
     let mut all = vec![first];
@@ -97,7 +128,7 @@ pub fn run(config: Config) -> Result<(), ServerError> {
             .map_err(ServerError::Thread)?;
         threads.push(t);
     }
-    tracing::info!(%addr, cores, "listening on {addr}");
+    tracing::info!(cores, "listening on {addr}");
     for t in threads {
         if t.join().is_err() {
             tracing::error!("a shard thread panicked");

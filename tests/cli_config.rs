@@ -272,3 +272,64 @@ fn shards_pin_within_the_allowed_cpus() {
     assert_eq!(shard_cpus, vec!["1".to_string()]);
     assert_eq!(n.get("/nacos/v1/console/health/liveness").status, 200);
 }
+
+/// Runs the binary with `args` and returns (exit status, stderr), or
+/// panics when it is still running after `secs` (it was meant to refuse).
+fn exits_within(args: &[&str], secs: u64) -> (std::process::ExitStatus, String) {
+    use std::io::Read;
+    let mut child = Command::new(env!("CARGO_BIN_EXE_distro-registry"))
+        .args(args)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(secs);
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            let mut err = String::new();
+            child
+                .stderr
+                .take()
+                .unwrap()
+                .read_to_string(&mut err)
+                .unwrap();
+            return (status, err);
+        }
+        if std::time::Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("{args:?} still running after {secs} s: it shared a busy port");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn a_second_node_on_a_busy_port_refuses_to_start() {
+    // Defect: both nodes joined one SO_REUSEPORT group and split the data.
+    let first = Node::start(&["--cores", "2"]);
+    let addr = first.addr.to_string();
+    for cores in ["1", "2"] {
+        let (status, err) = exits_within(&["--bind", &addr, "--cores", cores], 10);
+        assert!(!status.success(), "second node exited {status}");
+        assert!(err.contains("address already in use"), "{err}");
+        assert!(err.contains(&addr), "the error names the address: {err}");
+    }
+    // The first node still answers every connection: nobody shares its port.
+    first.req(
+        "POST",
+        &format!("{NS}/instance?serviceName=busy&ip=10.0.0.1&port=1"),
+        "",
+    );
+    for _ in 0..20 {
+        let list = first.json(&format!("{NS}/instance/list?serviceName=busy"));
+        assert_eq!(list["hosts"].as_array().unwrap().len(), 1, "{list}");
+    }
+    // A wildcard bind over the same port is refused as well.
+    let port = first.addr.port().to_string();
+    let (status, err) = exits_within(&["--bind", &format!("0.0.0.0:{port}")], 10);
+    assert!(
+        !status.success() && err.contains("address already in use"),
+        "{err}"
+    );
+}

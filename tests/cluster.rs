@@ -552,6 +552,40 @@ fn peer_endpoints_refuse_requests_without_the_token() {
 }
 
 #[test]
+fn the_peer_wire_format_writes_empty_maps_as_objects() {
+    let c = Cluster::new(&[0], &[]);
+    let n = c.node(0);
+    let token = [("X-Distro-Token", TOKEN)];
+    // An older peer wrote an empty map as `[]`: still read.
+    let old = r#"[{"namespace":"public","group":"DEFAULT_GROUP","name":"wire","fields":{"protect_threshold":0.0,"metadata":[],"selector":{"type":"none"},"version":{"hlc":1,"writer":0}},"deleted":null,"instances":[["6.6.6.6",1,"DEFAULT",1.0,true,true,false,[],99999999999,0,false],["6.6.6.7",1,"DEFAULT",1.0,true,true,false,{"k":"v"},99999999999,0,false]]}]"#;
+    let r = n.req_h("PUT", "/nacos/v1/ns/distro/datum", old, &token);
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert!(eventually(Duration::from_secs(5), || ips(n, "wire").len() == 2));
+    // (The snapshot, /distro/datums, writes the same records; it is served
+    // once the node is ready, which a lone member of three is not yet.)
+    {
+        let path = "/nacos/v1/ns/distro/datum?keys=public%23%23DEFAULT_GROUP%40%40wire";
+        let r = n.req_h("GET", path, "", &token);
+        assert_eq!(r.status, 200, "{path}: {}", r.body);
+        let v: serde_json::Value = serde_json::from_str(&r.body).unwrap();
+        let d = v
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|d| d["name"] == "wire")
+            .unwrap_or_else(|| panic!("{path}: {v}"));
+        assert_eq!(
+            d["fields"]["metadata"],
+            serde_json::json!({}),
+            "{path}: {d}"
+        );
+        let recs = d["instances"].as_array().unwrap();
+        assert_eq!(recs[0][7], serde_json::json!({}), "{path}: {d}");
+        assert_eq!(recs[1][7], serde_json::json!({"k": "v"}), "{path}: {d}");
+    }
+}
+
+#[test]
 fn standalone_node_serves_no_peer_endpoints() {
     let n = Node::start(&["--cores", "1"]);
     for (method, path) in [

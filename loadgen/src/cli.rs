@@ -32,13 +32,17 @@ pub struct Args {
     /// Server process of the preceding target: its CPU time is reported.
     #[arg(long = "server-pid")]
     pub server_pids: Vec<u32>,
-    /// burst | beat | query | storm | converge
-    #[arg(long)]
+    /// What to run (docs/loadgen.md): burst (register, list, deregister),
+    /// beat (a fleet beating on schedule), query (lists), storm (a mix),
+    /// converge (write on one target, poll the others).
+    #[arg(long, value_parser = clap::builder::PossibleValuesParser::new(scenario::SCENARIOS))]
     pub scenario: String,
     /// Instances (burst, beat, storm, converge: how many; query: spread
     /// over the services as fixtures).
     #[arg(long, default_value_t = 1000)]
     pub instances: usize,
+    /// Services the instances are spread over, round robin (instance k
+    /// belongs to service k mod N); the list phases query each one.
     #[arg(long, default_value_t = 100)]
     pub services: usize,
     /// Keep-alive connections per target.
@@ -50,9 +54,19 @@ pub struct Args {
     /// Open loop at this many requests/s (latency from intended send time).
     #[arg(long)]
     pub rate: Option<f64>,
-    /// Worker threads, one runtime each (default: all cores).
+    /// Worker threads, one runtime each (default: all cores). Thread i is
+    /// pinned to the i-th allowed CPU counted from the highest, so that a
+    /// one-thread generator stays off CPU 0, where a node's first shard
+    /// runs; see --no-pin.
     #[arg(long)]
     pub threads: Option<usize>,
+    /// Leave the worker threads unpinned (the scheduler places them).
+    #[arg(long)]
+    pub no_pin: bool,
+    /// Exit with status 1 when more than this fraction of the requests
+    /// failed (0: any failed request fails the run; 1: never).
+    #[arg(long, default_value_t = 0.0)]
+    pub max_error_ratio: f64,
     /// Makes service names of one run distinct from another's.
     #[arg(long, default_value_t = 1)]
     pub seed: u64,
@@ -111,12 +125,60 @@ fn targets(args: &Args, raw: &[String]) -> Result<Vec<Target>, String> {
     Ok(out)
 }
 
+/// Why an invocation did not run.
+#[derive(Debug)]
+pub enum CliError {
+    /// What clap says: `--help` and `--version` (stdout, exit 0) or a bad
+    /// command line (stderr, exit 2); `clap::Error::exit` does both.
+    Usage(clap::Error),
+    /// Anything else, for stderr.
+    Failed(String),
+}
+
+impl std::fmt::Display for CliError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            CliError::Usage(e) => write!(f, "{e}"),
+            CliError::Failed(e) => f.write_str(e),
+        }
+    }
+}
+
+impl From<String> for CliError {
+    fn from(e: String) -> CliError {
+        CliError::Failed(e)
+    }
+}
+
+/// A finished run.
+pub struct Outcome {
+    pub summary: Summary,
+    /// Requests made (answered, failed or never sent) and failed.
+    pub requests: u64,
+    pub failed: u64,
+    pub max_error_ratio: f64,
+}
+
+impl Outcome {
+    /// Whether the failures stay within `--max-error-ratio`.
+    pub fn passed(&self) -> bool {
+        self.failed == 0 || (self.failed as f64) <= self.max_error_ratio * self.requests as f64
+    }
+}
+
 /// Runs the whole invocation: phases, table on stdout, files in `--out`.
-pub fn run(raw: Vec<String>) -> Result<Summary, String> {
-    let args = Args::try_parse_from(&raw).map_err(|e| e.to_string())?;
+pub fn run(raw: Vec<String>) -> Result<Outcome, CliError> {
+    let args = Args::try_parse_from(&raw).map_err(CliError::Usage)?;
     let targets = targets(&args, &raw[1..])?;
     if args.connections == 0 || args.instances == 0 || args.services == 0 {
-        return Err("--connections, --instances and --services must be positive".into());
+        return Err("--connections, --instances and --services must be positive"
+            .to_string()
+            .into());
+    }
+    if !(0.0..=1.0).contains(&args.max_error_ratio) {
+        return Err("--max-error-ratio must be between 0 and 1"
+            .to_string()
+            .into());
     }
     let params = Params {
         instances: args.instances,
@@ -142,6 +204,7 @@ pub fn run(raw: Vec<String>) -> Result<Summary, String> {
         poll_interval: Duration::from_millis(5),
         converge_timeout: Duration::from_secs(10),
         spread: args.spread,
+        pin: !args.no_pin,
     };
     // Converge needs every target at once; the rest run target by target.
     let groups: Vec<Vec<Target>> = if args.scenario == "converge" || args.spread {
@@ -177,25 +240,41 @@ pub fn run(raw: Vec<String>) -> Result<Summary, String> {
     }
     let summaries: Vec<_> = runs.iter().map(report::summarize).collect();
     let comparison = report::compare(&summaries);
+    let mut settings = serde_json::json!({
+        "instances": args.instances,
+        "services": args.services,
+        "connections": args.connections,
+        "rate": args.rate,
+        "threads": config.threads,
+        "seed": args.seed,
+    });
+    // Only the scenarios that run for a duration have one.
+    if scenario::TIMED.contains(&args.scenario.as_str()) {
+        settings["duration_s"] = args.duration.into();
+    }
+    if args.scenario == "beat" {
+        settings["beat_period_ms"] = args.beat_period_ms.into();
+    }
     let summary = Summary {
         schema: report::SCHEMA,
         scenario: args.scenario.clone(),
-        settings: serde_json::json!({
-            "instances": args.instances,
-            "services": args.services,
-            "connections": args.connections,
-            "duration_s": args.duration,
-            "rate": args.rate,
-            "threads": config.threads,
-            "seed": args.seed,
-        }),
+        settings,
         targets: summaries,
         comparison,
     };
     print!("{}", report::table(&summary.targets, &summary.comparison));
-    report::write_all(&args.out, &summary, &runs)
+    let title = report::title(&summary);
+    report::write_all(&args.out, &summary, &runs, &title)
         .map_err(|e| format!("writing {}: {e}", args.out.display()))?;
-    Ok(summary)
+    let ops = summary.targets.iter().flat_map(|t| &t.ops);
+    let requests = ops.clone().map(|o| o.count).sum();
+    let failed = ops.map(|o| o.errors).sum();
+    Ok(Outcome {
+        summary,
+        requests,
+        failed,
+        max_error_ratio: args.max_error_ratio,
+    })
 }
 
 /// A progress line on stderr, once a second, until `done`.

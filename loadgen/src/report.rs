@@ -36,12 +36,16 @@ pub struct OpSummary {
     pub phase: String,
     /// Requests made or scheduled: answered, failed, or `not_sent`.
     pub count: u64,
+    /// Requests answered as expected: the only ones in the throughput and
+    /// the latency histogram.
+    pub ok: u64,
     pub errors: u64,
     pub errors_by_kind: BTreeMap<String, u64>,
-    /// Requests sent (not `not_sent`) per second of the phase.
+    /// Requests answered as expected per second of the phase.
     pub throughput_rps: f64,
     pub duration_s: f64,
-    pub latency_ms: Latency,
+    /// Latency of the requests answered as expected; null when none was.
+    pub latency_ms: Option<Latency>,
     /// Server CPU per request of the phase, when `--server-pid` was given.
     pub server_cpu_us_per_op: Option<f64>,
 }
@@ -82,8 +86,13 @@ fn ms(h: &Histogram<u64>, q: f64) -> f64 {
     h.value_at_quantile(q) as f64 / 1000.0
 }
 
-pub fn latency(h: &Histogram<u64>) -> Latency {
-    Latency {
+/// The figures of a histogram; None when it is empty (no request was
+/// answered as expected: there is no latency to report).
+pub fn latency(h: &Histogram<u64>) -> Option<Latency> {
+    if h.is_empty() {
+        return None;
+    }
+    Some(Latency {
         p50: ms(h, 0.50),
         p90: ms(h, 0.90),
         p99: ms(h, 0.99),
@@ -94,7 +103,7 @@ pub fn latency(h: &Histogram<u64>) -> Latency {
             h.max() as f64 / 1000.0
         },
         mean: if h.is_empty() { 0.0 } else { h.mean() / 1000.0 },
-    }
+    })
 }
 
 /// Summaries of the measured phases of one target.
@@ -112,9 +121,10 @@ pub fn summarize(run: &TargetRun) -> TargetSummary {
                 op: op.name().to_string(),
                 phase: phase.name.to_string(),
                 count: stats.count(),
+                ok: stats.latency_us.len(),
                 errors: stats.error_count(),
                 errors_by_kind: stats.errors.clone(),
-                throughput_rps: stats.sent() as f64 / secs,
+                throughput_rps: stats.latency_us.len() as f64 / secs,
                 duration_s: secs,
                 latency_ms: latency(&stats.latency_us),
                 server_cpu_us_per_op: cpu,
@@ -148,7 +158,10 @@ pub fn compare(targets: &[TargetSummary]) -> Vec<Ratio> {
                 label: t.label.clone(),
                 baseline: base.label.clone(),
                 throughput_ratio: div(op.throughput_rps, b.throughput_rps),
-                p99_ratio: div(op.latency_ms.p99, b.latency_ms.p99),
+                p99_ratio: match (&op.latency_ms, &b.latency_ms) {
+                    (Some(a), Some(b)) => div(a.p99, b.p99),
+                    _ => f64::NAN,
+                },
                 server_cpu_ratio: op
                     .server_cpu_us_per_op
                     .zip(b.server_cpu_us_per_op)
@@ -179,24 +192,28 @@ pub fn table(targets: &[TargetSummary], comparison: &[Ratio]) -> String {
     );
     for t in targets {
         for op in &t.ops {
-            let l = &op.latency_ms;
             let cpu = op
                 .server_cpu_us_per_op
                 .map(|c| format!("{c:.2}"))
                 .unwrap_or_else(|| "-".into());
+            // No answered request: no latency, not a latency of 0.
+            let lat: [String; 5] = match &op.latency_ms {
+                Some(l) => [l.p50, l.p90, l.p99, l.p999, l.max].map(|v| format!("{v:.3}")),
+                None => std::array::from_fn(|_| "-".to_string()),
+            };
             let _ = writeln!(
                 o,
-                "{:<14} {:<11} {:>9} {:>7} {:>10.0} {:>9.3} {:>9.3} {:>9.3} {:>9.3} {:>9.3} {:>10}",
+                "{:<14} {:<11} {:>9} {:>7} {:>10.0} {:>9} {:>9} {:>9} {:>9} {:>9} {:>10}",
                 t.label,
                 op.op,
                 op.count,
                 op.errors,
                 op.throughput_rps,
-                l.p50,
-                l.p90,
-                l.p99,
-                l.p999,
-                l.max,
+                lat[0],
+                lat[1],
+                lat[2],
+                lat[3],
+                lat[4],
                 cpu
             );
             for (kind, n) in &op.errors_by_kind {
@@ -304,8 +321,33 @@ fn safe(s: &str) -> String {
         .collect()
 }
 
-/// Writes summary.json, the .hgrm files and latency.svg into `dir`.
-pub fn write_all(dir: &Path, summary: &Summary, runs: &[TargetRun]) -> std::io::Result<()> {
+/// The plot's title: the scenario and the settings that shape its curves.
+pub fn title(summary: &Summary) -> String {
+    let s = &summary.settings;
+    let mut parts = Vec::new();
+    for (key, unit) in [
+        ("instances", "instances"),
+        ("services", "services"),
+        ("connections", "connections"),
+        ("threads", "threads"),
+        ("duration_s", "s"),
+        ("rate", "req/s"),
+    ] {
+        if let Some(v) = s.get(key).filter(|v| !v.is_null()) {
+            parts.push(format!("{v} {unit}"));
+        }
+    }
+    format!("{}: {}", summary.scenario, parts.join(", "))
+}
+
+/// Writes summary.json, the .hgrm files and latency.svg (titled `title`)
+/// into `dir`.
+pub fn write_all(
+    dir: &Path,
+    summary: &Summary,
+    runs: &[TargetRun],
+    title: &str,
+) -> std::io::Result<()> {
     std::fs::create_dir_all(dir)?;
     let json = serde_json::to_string_pretty(summary).map_err(std::io::Error::other)?;
     std::fs::write(dir.join("summary.json"), json)?;
@@ -324,7 +366,7 @@ pub fn write_all(dir: &Path, summary: &Summary, runs: &[TargetRun]) -> std::io::
             }
         }
     }
-    plot(&dir.join("latency.svg"), &curves).map_err(std::io::Error::other)
+    plot(&dir.join("latency.svg"), title, &curves).map_err(std::io::Error::other)
 }
 
 /// `99.9%`, not `99.900%`.
@@ -334,12 +376,53 @@ fn percent_label(p: f64) -> String {
     format!("{s}%")
 }
 
+/// Highest percentile axis position (log10 of 1/(1-p)) that `n` samples
+/// support: the largest of n samples is the 1-1/n quantile, nothing
+/// beyond it was measured.
+pub fn supported_x(n: u64) -> f64 {
+    (n.max(1) as f64).log10()
+}
+
+/// A curve's points: (log10 of 1/(1-p), latency ms), up to the highest
+/// percentile its samples support, where it ends at the maximum.
+pub fn curve_points(h: &Histogram<u64>, floor_ms: f64) -> Vec<(f64, f64)> {
+    let n = h.len();
+    if n == 0 {
+        return Vec::new();
+    }
+    let x_end = supported_x(n);
+    let ms = |v: u64| (v.max(1) as f64 / 1000.0).max(floor_ms);
+    let mut points: Vec<(f64, f64)> = h
+        .iter_quantiles(10)
+        .map(|v| (v.quantile_iterated_to(), v.value_iterated_to()))
+        .filter(|(q, _)| *q < 1.0)
+        .map(|(q, v)| ((1.0 / (1.0 - q)).log10(), ms(v)))
+        .take_while(|(x, _)| *x < x_end)
+        .collect();
+    points.push((x_end, ms(h.max())));
+    points
+}
+
+/// Axis text size, px.
+const AXIS_FONT_PX: u32 = 16;
+/// Width of the legend column right of the plot, px.
+const LEGEND_PX: u32 = 250;
+
 /// Percentile curves on a logarithmic percentile axis (x = log10 of
-/// 1/(1-p): 1 is 90%, 2 is 99%, 3 is 99.9% ...), latency on a log axis.
-pub fn plot(path: &Path, curves: &[(String, Histogram<u64>)]) -> Result<(), String> {
+/// 1/(1-p): 1 is 90%, 2 is 99%, 3 is 99.9% ...), latency on a log axis;
+/// the legend in a column of its own, so that it covers no curve.
+pub fn plot(path: &Path, title: &str, curves: &[(String, Histogram<u64>)]) -> Result<(), String> {
     use plotters::prelude::*;
-    let root = SVGBackend::new(path, (1000, 600)).into_drawing_area();
-    root.fill(&WHITE).map_err(|e| e.to_string())?;
+    let e = |e: DrawingAreaErrorKind<_>| e.to_string();
+    let root = SVGBackend::new(path, (1000 + LEGEND_PX, 600)).into_drawing_area();
+    root.fill(&WHITE).map_err(e)?;
+    let root = root
+        .titled(
+            &format!("{title} - latency by percentile"),
+            ("sans-serif", 22),
+        )
+        .map_err(e)?;
+    let (area, legend) = root.split_horizontally(1000);
     let max_ms = curves
         .iter()
         .map(|(_, h)| h.max() as f64 / 1000.0)
@@ -351,49 +434,58 @@ pub fn plot(path: &Path, curves: &[(String, Histogram<u64>)]) -> Result<(), Stri
         .fold(max_ms, f64::min)
         .max(0.001)
         / 1.5;
-    let mut chart = ChartBuilder::on(&root)
-        .caption("latency by percentile", ("sans-serif", 22))
+    // The axis ends at the next whole decade past the best-supported
+    // curve (at least 99%), so that its last tick is a round percentile.
+    let x_max = curves
+        .iter()
+        .map(|(_, h)| supported_x(h.len()).ceil())
+        .fold(2.0f64, f64::max)
+        .min(6.0);
+    let mut chart = ChartBuilder::on(&area)
         .margin(15)
-        .x_label_area_size(40)
-        .y_label_area_size(60)
-        .build_cartesian_2d(0f64..5f64, (min_ms..max_ms).log_scale())
-        .map_err(|e| e.to_string())?;
+        // Room for the last tick's label ("99.999%") right of the axis end.
+        .margin_right(45)
+        .x_label_area_size(50)
+        .y_label_area_size(75)
+        .build_cartesian_2d(0f64..x_max, (min_ms..max_ms).log_scale())
+        .map_err(e)?;
     chart
         .configure_mesh()
         .x_desc("percentile")
         .y_desc("latency (ms)")
-        .x_labels(6)
+        .label_style(("sans-serif", AXIS_FONT_PX))
+        .axis_desc_style(("sans-serif", AXIS_FONT_PX + 2))
+        .x_labels(x_max as usize + 1)
         .x_label_formatter(&|x| percent_label(100.0 * (1.0 - 10f64.powf(-x))))
         .draw()
-        .map_err(|e| e.to_string())?;
+        .map_err(e)?;
+    for (i, (_, h)) in curves.iter().enumerate() {
+        let color = Palette99::pick(i).to_rgba();
+        chart
+            .draw_series(LineSeries::new(
+                curve_points(h, min_ms),
+                color.stroke_width(2),
+            ))
+            .map_err(e)?;
+    }
     for (i, (name, h)) in curves.iter().enumerate() {
         let color = Palette99::pick(i).to_rgba();
-        let points: Vec<(f64, f64)> = h
-            .iter_quantiles(10)
-            .map(|v| {
-                let q = v.quantile_iterated_to().min(0.99999);
-                (
-                    (1.0 / (1.0 - q)).log10(),
-                    (v.value_iterated_to().max(1) as f64 / 1000.0).max(min_ms),
-                )
-            })
-            .collect();
-        chart
-            .draw_series(LineSeries::new(points, color.stroke_width(2)))
-            .map_err(|e| e.to_string())?
-            .label(name.clone())
-            .legend(move |(x, y)| {
-                PathElement::new(vec![(x, y), (x + 20, y)], color.stroke_width(2))
-            });
+        let y = 40 + 26 * i as i32;
+        legend
+            .draw(&PathElement::new(
+                vec![(8, y), (36, y)],
+                color.stroke_width(3),
+            ))
+            .map_err(e)?;
+        legend
+            .draw(&Text::new(
+                format!("{name} (n={})", h.len()),
+                (44, y - 8),
+                ("sans-serif", AXIS_FONT_PX),
+            ))
+            .map_err(e)?;
     }
-    chart
-        .configure_series_labels()
-        .background_style(WHITE.mix(0.8))
-        .border_style(BLACK)
-        .position(SeriesLabelPosition::UpperLeft)
-        .draw()
-        .map_err(|e| e.to_string())?;
-    root.present().map_err(|e| e.to_string())
+    root.present().map_err(e)
 }
 
 #[cfg(test)]
@@ -406,6 +498,25 @@ mod tests {
         assert_eq!(percent_label(99.9), "99.9%");
         assert_eq!(percent_label(99.99), "99.99%");
         assert_eq!(percent_label(0.0), "0%");
+    }
+
+    #[test]
+    fn curves_end_at_the_percentile_their_samples_support() {
+        let mut h = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).unwrap();
+        for v in 1..=1000u64 {
+            h.record(v * 100).unwrap();
+        }
+        let pts = curve_points(&h, 0.001);
+        let last = *pts.last().unwrap();
+        // 1,000 samples: the largest is the 99.9th percentile (x = 3).
+        assert!((last.0 - 3.0).abs() < 1e-9, "{last:?}");
+        assert!((last.1 - 100.0).abs() < 0.1, "ends at the max: {last:?}");
+        assert!(pts.iter().all(|p| p.0 <= 3.0 + 1e-9));
+        assert!(pts.windows(2).all(|w| w[0].0 <= w[1].0 && w[0].1 <= w[1].1));
+        let mut one = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).unwrap();
+        one.record(500).unwrap();
+        assert_eq!(curve_points(&one, 0.001), vec![(0.0, 0.5)]);
+        assert!(curve_points(&Histogram::new(3).unwrap(), 0.001).is_empty());
     }
 
     #[test]

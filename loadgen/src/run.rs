@@ -1,5 +1,5 @@
 //! Runs phases: `threads` OS threads, each a monoio runtime pinned to a
-//! core, each driving its share of the keep-alive connections. Items are
+//! core (from the highest allowed CPU down, away from a node's shard 0), each driving its share of the keep-alive connections. Items are
 //! handed out by one shared counter; paced items are measured from their
 //! intended send time, so a slow server cannot hide its queueing delay
 //! (no coordinated omission).
@@ -81,6 +81,8 @@ pub struct RunConfig {
     /// Spread the items of the other scenarios over every target, round
     /// robin (a cluster driven as one), instead of the first only.
     pub spread: bool,
+    /// Pin worker thread i to the i-th allowed CPU from the highest.
+    pub pin: bool,
 }
 
 /// Progress counters a reporter thread prints.
@@ -209,7 +211,9 @@ pub fn run_phase(
             std::thread::Builder::new()
                 .name(format!("loadgen-{t}"))
                 .spawn(move || {
-                    let _ = distro_registry::shard::runtime::pin_to_allowed_cpu(t);
+                    if shared.config.pin {
+                        let _ = distro_registry::shard::runtime::pin_to_allowed_cpu_from_top(t);
+                    }
                     distro_registry::shard::runtime::block_on(
                         thread_main(t, threads, shared, targets),
                         |_| {},

@@ -245,6 +245,12 @@ impl Phase {
 }
 
 /// Phases of a scenario. Every phase is bounded in count and time.
+/// The scenarios whose measured phase runs for `--duration`.
+pub const TIMED: [&str; 3] = ["beat", "query", "storm"];
+
+/// Every scenario `phases` knows.
+pub const SCENARIOS: [&str; 5] = ["burst", "beat", "query", "storm", "converge"];
+
 pub fn phases(scenario: &str, p: &Params, time_cap: Duration) -> Result<Vec<Phase>, String> {
     let n = p.instances;
     let closed_or_rate = p.rate.map(Pace::Rate).unwrap_or(Pace::Closed);
@@ -310,7 +316,12 @@ pub fn phases(scenario: &str, p: &Params, time_cap: Duration) -> Result<Vec<Phas
             measured(Work::Converge, n, closed_or_rate, time_cap, "converge"),
             setup(Work::Deregister, n, "cleanup"),
         ],
-        other => return Err(format!("unknown scenario {other:?}")),
+        other => {
+            return Err(format!(
+                "unknown scenario {other:?}; the scenarios are {}",
+                SCENARIOS.join(", ")
+            ))
+        }
     })
 }
 

@@ -149,7 +149,9 @@ fn out_dir(name: &str) -> PathBuf {
 fn run(args: &[&str]) -> distro_loadgen::report::Summary {
     let mut all = vec!["distro-loadgen".to_string()];
     all.extend(args.iter().map(|s| s.to_string()));
-    distro_loadgen::cli::run(all).unwrap_or_else(|e| panic!("{e}"))
+    distro_loadgen::cli::run(all)
+        .unwrap_or_else(|e| panic!("{e}"))
+        .summary
 }
 
 fn op<'a>(
@@ -245,6 +247,12 @@ fn summary_json_matches_its_schema() {
     assert_eq!(v["schema"], "distro-loadgen/summary/v1");
     assert_eq!(v["scenario"], "burst");
     assert!(v["settings"]["connections"].is_u64());
+    // burst runs by count: no duration among its settings.
+    assert!(
+        v["settings"].get("duration_s").is_none(),
+        "{}",
+        v["settings"]
+    );
     let targets = v["targets"].as_array().unwrap();
     assert_eq!(targets.len(), 2);
     for t in targets {
@@ -253,7 +261,7 @@ fn summary_json_matches_its_schema() {
             for k in ["op", "phase"] {
                 assert!(o[k].is_string(), "{k}");
             }
-            for k in ["count", "errors"] {
+            for k in ["count", "ok", "errors"] {
                 assert!(o[k].is_u64(), "{k}");
             }
             for k in ["throughput_rps", "duration_s"] {
@@ -332,10 +340,97 @@ fn failing_servers_produce_errors_of_the_right_kind() {
         "--out",
         out_dir("dead").to_str().unwrap(),
     ]);
-    assert_eq!(
-        op(&s, 0, "register").errors_by_kind.get("connect"),
-        Some(&10)
+    let r = op(&s, 0, "register");
+    assert_eq!(r.errors_by_kind.get("connect"), Some(&10));
+    // Failed connects are neither served requests nor latencies.
+    assert_eq!((r.ok, r.throughput_rps), (0, 0.0));
+    assert!(r.latency_ms.is_none(), "{:?}", r.latency_ms);
+    let table = distro_loadgen::report::table(&s.targets, &s.comparison);
+    let line = table.lines().find(|l| l.contains("register")).unwrap();
+    assert!(
+        !line.contains("0.000"),
+        "no latency shown for failures: {line}"
     );
+}
+
+/// The binary, run to completion: (exit code, stdout, stderr).
+fn loadgen_bin(args: &[&str]) -> (i32, String, String) {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_distro-loadgen"))
+        .args(args)
+        .output()
+        .expect("run distro-loadgen");
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn help_and_version_go_to_stdout_with_exit_zero() {
+    let (code, out, err) = loadgen_bin(&["--help"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        out.contains("--scenario") && out.contains("--services"),
+        "{out}"
+    );
+    assert!(out.contains("--max-error-ratio"), "{out}");
+    let (code, out, _) = loadgen_bin(&["--version"]);
+    assert_eq!(code, 0);
+    assert!(out.starts_with("distro-loadgen "), "{out}");
+    // A bad command line is still an error on stderr with status 2.
+    let (code, out, err) = loadgen_bin(&["--scenario", "burst"]);
+    assert_eq!(code, 2);
+    assert!(out.is_empty() && err.contains("--target"), "{err}");
+}
+
+#[test]
+fn the_exit_status_fails_a_run_with_failed_requests() {
+    let dead = TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let dir = out_dir("exit-dead");
+    let args = [
+        "--target",
+        &format!("http://{dead}"),
+        "--scenario",
+        "burst",
+        "--instances",
+        "10",
+        "--services",
+        "2",
+        "--connections",
+        "2",
+        "--out",
+        dir.to_str().unwrap(),
+    ];
+    let (code, _, err) = loadgen_bin(&args);
+    assert_eq!(code, 1, "every request failed: {err}");
+    assert!(err.contains("requests failed"), "{err}");
+    let mut tolerant = args.to_vec();
+    tolerant.extend(["--max-error-ratio", "1"]);
+    let (code, _, err) = loadgen_bin(&tolerant);
+    assert_eq!(code, 0, "--max-error-ratio 1 tolerates them: {err}");
+    // A healthy run exits 0.
+    let f = fake(Mode::Registry(Duration::ZERO));
+    let url = format!("http://{}", f.addr);
+    let dir = out_dir("exit-ok");
+    let (code, _, err) = loadgen_bin(&[
+        "--target",
+        &url,
+        "--scenario",
+        "burst",
+        "--instances",
+        "20",
+        "--services",
+        "2",
+        "--connections",
+        "2",
+        "--out",
+        dir.to_str().unwrap(),
+    ]);
+    assert_eq!(code, 0, "{err}");
 }
 
 #[test]
@@ -361,8 +456,9 @@ fn converge_measures_the_injected_delay() {
     ]);
     let c = op(&s, 0, "converge");
     assert_eq!((c.count, c.errors), (20, 0));
-    assert!(c.latency_ms.p50 >= 300.0, "p50 {} ms", c.latency_ms.p50);
-    assert!(c.latency_ms.max < 600.0, "max {} ms", c.latency_ms.max);
+    let l = c.latency_ms.as_ref().unwrap();
+    assert!(l.p50 >= 300.0, "p50 {} ms", l.p50);
+    assert!(l.max < 600.0, "max {} ms", l.max);
 }
 
 #[test]
@@ -438,7 +534,8 @@ fn remote_targets_are_refused_without_allow_remote() {
         .collect(),
     )
     .err()
-    .unwrap();
+    .unwrap()
+    .to_string();
     assert!(e.contains("not a loopback address"), "{e}");
     let e = distro_loadgen::cli::run(
         [
@@ -455,8 +552,13 @@ fn remote_targets_are_refused_without_allow_remote() {
         .collect(),
     )
     .err()
-    .unwrap();
-    assert!(e.contains("unknown scenario"), "{e}");
+    .unwrap()
+    .to_string();
+    // An unknown scenario is refused with the valid ones listed.
+    assert!(e.contains("'nope'"), "{e}");
+    for s in distro_loadgen::scenario::SCENARIOS {
+        assert!(e.contains(s), "{s} listed: {e}");
+    }
 }
 
 #[test]

@@ -51,19 +51,44 @@ pub fn block_on<F: Future>(
     Ok(rt.block_on(fut))
 }
 
-/// Pins the calling thread to the `n`-th CPU (modulo their number) of the
-/// CPUs this process may run on, so that `taskset` and cgroup limits are
-/// respected. Returns the CPU chosen.
-pub fn pin_to_allowed_cpu(n: usize) -> Option<usize> {
-    use nix::sched::{sched_getaffinity, sched_setaffinity, CpuSet};
+/// The CPUs this process may run on (`taskset`, cgroup limits), lowest
+/// first.
+pub fn allowed_cpus() -> Vec<usize> {
+    use nix::sched::{sched_getaffinity, CpuSet};
     use nix::unistd::Pid;
-    let allowed = sched_getaffinity(Pid::from_raw(0)).ok()?;
-    let cpus: Vec<usize> = (0..CpuSet::count())
+    let Ok(allowed) = sched_getaffinity(Pid::from_raw(0)) else {
+        return Vec::new();
+    };
+    (0..CpuSet::count())
         .filter(|c| allowed.is_set(*c).unwrap_or(false))
-        .collect();
-    let cpu = *cpus.get(n % cpus.len().max(1))?;
+        .collect()
+}
+
+fn pin_to(cpu: usize) -> Option<usize> {
+    use nix::sched::{sched_setaffinity, CpuSet};
+    use nix::unistd::Pid;
     let mut one = CpuSet::new();
     one.set(cpu).ok()?;
     sched_setaffinity(Pid::from_raw(0), &one).ok()?;
     Some(cpu)
+}
+
+/// Pins the calling thread to the `n`-th CPU (modulo their number) of the
+/// CPUs this process may run on, so that `taskset` and cgroup limits are
+/// respected. Returns the CPU chosen.
+pub fn pin_to_allowed_cpu(n: usize) -> Option<usize> {
+    let cpus = allowed_cpus();
+    pin_to(*cpus.get(n % cpus.len().max(1))?)
+}
+
+/// Pins the calling thread to the `n`-th allowed CPU counted from the
+/// highest down: a load generator's threads take the other end of the
+/// machine from a node's shards, which start at the lowest.
+pub fn pin_to_allowed_cpu_from_top(n: usize) -> Option<usize> {
+    let cpus = allowed_cpus();
+    let len = cpus.len();
+    if len == 0 {
+        return None;
+    }
+    pin_to(cpus[len - 1 - n % len])
 }

@@ -4,7 +4,78 @@ use std::rc::Rc;
 
 /// Metadata: sorted, so that serialization is deterministic; a sorted
 /// vector, not a B-tree (whose first node costs 500 bytes an instance).
-pub type Metadata = litemap::LiteMap<String, String>;
+///
+/// Always a JSON object on the wire, empty or not: litemap's own serde
+/// writes an empty map as `[]`, which Java (Jackson into a `Map`) and Go
+/// (`map[string]string`) clients cannot read. An empty `[]` from an older
+/// peer is still accepted.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Metadata(litemap::LiteMap<String, String>);
+
+impl Metadata {
+    pub fn new() -> Metadata {
+        Metadata(litemap::LiteMap::new())
+    }
+}
+
+impl std::ops::Deref for Metadata {
+    type Target = litemap::LiteMap<String, String>;
+    fn deref(&self) -> &Self::Target {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for Metadata {
+    fn deref_mut(&mut self) -> &mut Self::Target {
+        &mut self.0
+    }
+}
+
+impl FromIterator<(String, String)> for Metadata {
+    fn from_iter<I: IntoIterator<Item = (String, String)>>(iter: I) -> Metadata {
+        Metadata(iter.into_iter().collect())
+    }
+}
+
+impl serde::Serialize for Metadata {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_map(self.0.iter())
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for Metadata {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Metadata, D::Error> {
+        struct V;
+        impl<'de> serde::de::Visitor<'de> for V {
+            type Value = Metadata;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a map of strings")
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                mut a: A,
+            ) -> Result<Metadata, A::Error> {
+                let mut m = Metadata::new();
+                while let Some((k, v)) = a.next_entry::<String, String>()? {
+                    m.insert(k, v);
+                }
+                Ok(m)
+            }
+            /// `[]` (an empty map as litemap wrote it) or `[[k, v], ...]`.
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(
+                self,
+                mut a: A,
+            ) -> Result<Metadata, A::Error> {
+                let mut m = Metadata::new();
+                while let Some((k, v)) = a.next_element::<(String, String)>()? {
+                    m.insert(k, v);
+                }
+                Ok(m)
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
 
 pub const META_BEAT_INTERVAL: &str = "preserved.heart.beat.interval";
 pub const META_BEAT_TIMEOUT: &str = "preserved.heart.beat.timeout";
