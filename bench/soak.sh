@@ -43,12 +43,12 @@ sleep 3
 
 TARGETS=(--target "http://${A[0]}" --target "http://${A[1]}" --target "http://${A[2]}")
 target/release/distro-loadgen "${TARGETS[@]}" --spread --scenario beat --instances "$FLEET" \
-  --services 200 --connections 16 --threads 1 --duration "$DURATION" --seed 11 \
+  --services 200 --connections 16 --threads 1 --duration "$DURATION" --seed 11 --max-error-ratio 1 \
   --out "$OUT/soak-fleet" > "$LOGDIR/fleet.txt" 2>/dev/null &
 FLEET_PID=$!; ALL+=($FLEET_PID)
 sleep 8   # the fleet registers first
 target/release/distro-loadgen "${TARGETS[@]}" --spread --scenario storm --instances "${STORM_INSTANCES:-100000}" \
-  --services 500 --connections 32 --threads 1 --duration "$((DURATION - 10))" --seed 12 \
+  --services 500 --connections 32 --threads 1 --duration "$((DURATION - 10))" --seed 12 --max-error-ratio 1 \
   --out "$OUT/soak-storm" > "$LOGDIR/storm.txt" 2>/dev/null &
 STORM_PID=$!; ALL+=($STORM_PID)
 

@@ -88,13 +88,13 @@ fn fingerprint(store: &Store) -> Vec<Datum> {
 /// store as it was.
 fn apply_action(store: &mut Store, action: Action) {
     match action {
-        Action::Reply(reply) => check_reply(reply.status, reply.json, &reply.body),
+        Action::Reply(reply) => check_reply(reply.status, reply.is_json(), &reply.body),
         Action::Op(op, _) => {
             let before = fingerprint(store);
             let applied = store.apply(op, NOW_MS);
             check_reply(
                 applied.reply.status,
-                applied.reply.json,
+                applied.reply.is_json(),
                 &applied.reply.body,
             );
             if applied.reply.status >= 400 {

@@ -8,7 +8,7 @@
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
-use clap::Parser;
+use clap::{CommandFactory, FromArgMatches, Parser};
 use serde::Deserialize;
 
 #[derive(Debug, thiserror::Error)]
@@ -38,9 +38,15 @@ macro_rules! settings {
             pub config: Option<PathBuf>,
             $(
                 $(#[doc = $doc])*
-                #[arg(long)]
+                #[arg(long, value_parser = parse_setting::<$ty>)]
                 pub $name: Option<$ty>,
             )*
+        }
+
+        /// (setting, its default as `--help` shows it).
+        fn default_texts() -> Vec<(&'static str, String)> {
+            let d = Config::default();
+            vec![ $( (stringify!($name), SettingValue::show(&d.$name)), )* ]
         }
 
         /// The optional TOML file.
@@ -79,17 +85,93 @@ macro_rules! settings {
     };
 }
 
+/// How a setting's value is read from a flag, a variable or the file,
+/// and shown in `--help`.
+pub trait SettingValue: Sized + Clone + Send + Sync + 'static {
+    fn parse_setting(s: &str) -> Result<Self, String>;
+    fn show(&self) -> String;
+}
+
+macro_rules! whole_number {
+    ($($t:ty),*) => {$(
+        impl SettingValue for $t {
+            fn parse_setting(s: &str) -> Result<Self, String> {
+                s.trim()
+                    .parse()
+                    .map_err(|e| format!("{s:?} is not a whole number ({e})"))
+            }
+            fn show(&self) -> String {
+                self.to_string()
+            }
+        }
+    )*};
+}
+whole_number!(u64, usize);
+
+impl SettingValue for String {
+    fn parse_setting(s: &str) -> Result<Self, String> {
+        Ok(s.to_string())
+    }
+    fn show(&self) -> String {
+        if self.is_empty() {
+            "none".into()
+        } else {
+            self.clone()
+        }
+    }
+}
+
+impl SettingValue for SocketAddr {
+    fn parse_setting(s: &str) -> Result<Self, String> {
+        resolve_addr(s)
+    }
+    fn show(&self) -> String {
+        self.to_string()
+    }
+}
+
+/// `ip:port`, or `host:port` resolved (an IPv4 address preferred, as
+/// `localhost` should mean 127.0.0.1 here).
+pub fn resolve_addr(s: &str) -> Result<SocketAddr, String> {
+    use std::net::ToSocketAddrs;
+    let t = s.trim();
+    if let Ok(a) = t.parse::<SocketAddr>() {
+        return Ok(a);
+    }
+    let bad = || format!("{t:?} is neither ip:port nor host:port (for example 127.0.0.1:8848)");
+    if t.rsplit_once(':')
+        .is_none_or(|(h, p)| h.is_empty() || p.parse::<u16>().is_err())
+    {
+        return Err(bad());
+    }
+    let all: Vec<SocketAddr> = t
+        .to_socket_addrs()
+        .map_err(|e| format!("{t:?}: cannot resolve the host name ({e}); give an IP address"))?
+        .collect();
+    all.iter()
+        .find(|a| a.is_ipv4())
+        .or(all.first())
+        .copied()
+        .ok_or_else(bad)
+}
+
+fn parse_setting<T: SettingValue>(s: &str) -> Result<T, String> {
+    T::parse_setting(s)
+}
+
 /// Reads `DISTRO_REGISTRY_<NAME>` and parses it like the flag would.
-fn env_value<T: std::str::FromStr>(name: &str) -> Result<Option<T>, ConfigError> {
-    let var = format!("DISTRO_REGISTRY_{}", name.to_ascii_uppercase());
+fn env_value<T: SettingValue>(name: &str) -> Result<Option<T>, ConfigError> {
+    let var = env_name(name);
     match std::env::var(&var) {
-        Ok(v) if !v.trim().is_empty() => v
-            .trim()
-            .parse::<T>()
+        Ok(v) if !v.trim().is_empty() => T::parse_setting(v.trim())
             .map(Some)
-            .map_err(|_| ConfigError::Invalid(format!("{var}={v}"))),
+            .map_err(|e| ConfigError::Invalid(format!("{var}={v}: {e}"))),
         _ => Ok(None),
     }
+}
+
+fn env_name(setting: &str) -> String {
+    format!("DISTRO_REGISTRY_{}", setting.to_ascii_uppercase())
 }
 
 fn default_cores() -> usize {
@@ -101,7 +183,8 @@ fn default_cores() -> usize {
 settings! {
     /// Address to listen on (TCP for HTTP; UDP pushes leave from its IP).
     bind: SocketAddr = SocketAddr::from(([127, 0, 0, 1], 8848)),
-    /// Shards, one per core (default: all cores).
+    /// Shards, one per core: at most the CPUs the node may use (README:
+    /// choosing --cores).
     cores: usize = default_cores(),
     /// Log filter (tracing `EnvFilter` syntax), e.g. `info` or `debug`.
     log_level: String = "info".to_string(),
@@ -133,8 +216,9 @@ settings! {
     inbox_capacity: usize = 4_096,
     /// On SIGTERM/SIGINT, in-flight requests get this long to finish, ms.
     shutdown_grace_ms: u64 = 5_000,
-    /// Cluster members, `ip:port,ip:port,...` (this node included or not).
-    /// Empty (and no `--cluster-conf`): standalone.
+    /// Cluster members, `ip:port,ip:port,...`, this node included (as
+    /// --advertise, or --bind, names it); the same list on every node. None
+    /// (and no --cluster-conf): standalone.
     peers: String = String::new(),
     /// Nacos `cluster.conf` file with the members, one `ip:port` a line.
     cluster_conf: String = String::new(),
@@ -154,10 +238,60 @@ settings! {
     peer_body_bytes_max: usize = 64 * 1024 * 1024,
 }
 
+impl FileConfig {
+    /// The file's settings. `peers` may be a list of strings as well as
+    /// one comma-separated string; `bind` may name a host.
+    pub fn from_toml(text: &str) -> Result<FileConfig, toml::de::Error> {
+        let mut table: toml::Table = toml::from_str(text)?;
+        if let Some(toml::Value::Array(items)) = table.get("peers") {
+            if let Some(list) = items
+                .iter()
+                .map(|v| v.as_str())
+                .collect::<Option<Vec<&str>>>()
+            {
+                let joined = list.join(",");
+                table.insert("peers".into(), toml::Value::String(joined));
+            }
+        }
+        if let Some(toml::Value::String(b)) = table.get("bind") {
+            if let Ok(a) = resolve_addr(b) {
+                table.insert("bind".into(), toml::Value::String(a.to_string()));
+            }
+        }
+        toml::Value::Table(table).try_into()
+    }
+}
+
 impl Config {
     /// Parses flags and environment, reads the TOML file if one is named.
     pub fn load() -> Result<Config, ConfigError> {
-        Self::from_cli(Cli::parse())
+        let matches = Self::command().get_matches();
+        Self::from_cli(Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit()))
+    }
+
+    /// The command line, its help naming each setting's variable and
+    /// default (the defaults are not clap's: a flag left out falls back to
+    /// the variable, then the file, then the default).
+    pub fn command() -> clap::Command {
+        let mut cmd = Cli::command();
+        for (name, default) in default_texts() {
+            let default = if name == "cores" {
+                format!("the CPUs this process may use, {default} here")
+            } else {
+                default
+            };
+            let tail = format!("[env: {}] [default: {default}]", env_name(name));
+            cmd = cmd.mut_arg(name, |a| {
+                let help = a.get_help().map(|h| h.to_string()).unwrap_or_default();
+                let long = a.get_long_help().map(|h| h.to_string());
+                let a = a.help(format!("{help} {tail}"));
+                match long {
+                    Some(l) => a.long_help(format!("{l}\n{tail}")),
+                    None => a,
+                }
+            });
+        }
+        cmd
     }
 
     pub fn from_cli(cli: Cli) -> Result<Config, ConfigError> {
@@ -167,7 +301,7 @@ impl Config {
                     path: path.clone(),
                     source,
                 })?;
-                toml::from_str(&text).map_err(|source| ConfigError::Parse {
+                FileConfig::from_toml(&text).map_err(|source| ConfigError::Parse {
                     path: path.clone(),
                     source,
                 })?
@@ -226,9 +360,10 @@ impl Config {
         };
         if self.cluster_token.trim().is_empty() {
             return Err(ConfigError::Invalid(
-                "peers are configured but --cluster-token is not set: every peer request \
-                 must carry the cluster token (SPEC 4.5), so a cluster node refuses to start \
-                 without one"
+                "peers are configured but --cluster-token is not set: nodes accept peer \
+                 requests (replication, reports, snapshots) only with the shared cluster \
+                 token, so a cluster node refuses to start without one; give every node the \
+                 same --cluster-token"
                     .into(),
             ));
         }

@@ -121,50 +121,120 @@ impl ShardStats {
     }
 }
 
+/// Writes a family's `# HELP` and `# TYPE` lines.
+fn family(o: &mut String, name: &str, kind: &str, help: &str) {
+    let _ = writeln!(o, "# HELP {name} {help}");
+    let _ = writeln!(o, "# TYPE {name} {kind}");
+}
+
 /// Renders the Prometheus page. `inbox_depth[i]` is shard i's queue length.
 pub fn render(shards: &[ShardStats], inbox_depth: &[usize], open_connections: usize) -> String {
-    let mut o = String::with_capacity(16 * 1024);
+    let mut out = String::with_capacity(16 * 1024);
     let sum = |f: Field| -> u64 { shards.iter().map(|s| f(s).load(Relaxed)).sum() };
-    let _ = writeln!(
+    let o = &mut out;
+    family(
         o,
-        "# HELP registry_instances Instances registered on this node."
+        "registry_instances",
+        "gauge",
+        "Instances registered on this node.",
     );
-    let _ = writeln!(o, "# TYPE registry_instances gauge");
     let _ = writeln!(o, "registry_instances {}", sum(|s| &s.instances));
-    let _ = writeln!(o, "# HELP registry_services Services known to this node.");
-    let _ = writeln!(o, "# TYPE registry_services gauge");
+    family(
+        o,
+        "registry_services",
+        "gauge",
+        "Services known to this node.",
+    );
     let _ = writeln!(o, "registry_services {}", sum(|s| &s.services));
-    let _ = writeln!(o, "# TYPE registry_open_connections gauge");
+    family(
+        o,
+        "registry_open_connections",
+        "gauge",
+        "Open client connections (HTTP).",
+    );
     let _ = writeln!(o, "registry_open_connections {open_connections}");
-    let counters: [(&str, Field); 14] = [
-        ("registry_forwarded_total", |s| &s.forwarded),
-        ("registry_forward_failures_total", |s| &s.forward_failures),
-        ("registry_beats_relayed_total", |s| &s.beats_relayed),
-        ("registry_relayed_beats_dropped_total", |s| &s.relay_dropped),
-        ("registry_datums_sent_total", |s| &s.datums_sent),
-        ("registry_datum_send_failures_total", |s| {
-            &s.datum_send_failures
-        }),
-        ("registry_datums_merged_total", |s| &s.datums_merged),
-        ("registry_verify_fetches_total", |s| &s.verify_fetches),
-        ("registry_future_versions_refused_total", |s| {
-            &s.future_versions_refused
-        }),
-        ("registry_push_sent_total", |s| &s.pushes_sent),
-        ("registry_push_acks_total", |s| &s.push_acks),
-        ("registry_push_retries_total", |s| &s.push_retries),
-        ("registry_cross_core_requests_total", |s| &s.cross_core_sent),
-        ("registry_inbox_full_total", |s| &s.inbox_full),
+    let counters: [(&str, &str, Field); 14] = [
+        (
+            "registry_forwarded_total",
+            "Writes forwarded to the service's owner node.",
+            |s| &s.forwarded,
+        ),
+        (
+            "registry_forward_failures_total",
+            "Forwarded writes the owner did not take (answered 503 to the client).",
+            |s| &s.forward_failures,
+        ),
+        (
+            "registry_beats_relayed_total",
+            "Beats answered here and relayed to the owner node.",
+            |s| &s.beats_relayed,
+        ),
+        (
+            "registry_relayed_beats_dropped_total",
+            "Relayed beats dropped because the relay queue was full or failed.",
+            |s| &s.relay_dropped,
+        ),
+        (
+            "registry_datums_sent_total",
+            "Service datums sent to peers by replication.",
+            |s| &s.datums_sent,
+        ),
+        (
+            "registry_datum_send_failures_total",
+            "Replication sends to a peer that failed (retried).",
+            |s| &s.datum_send_failures,
+        ),
+        (
+            "registry_datums_merged_total",
+            "Service datums received from peers and merged.",
+            |s| &s.datums_merged,
+        ),
+        (
+            "registry_verify_fetches_total",
+            "Datums fetched from an owner after a checksum mismatch.",
+            |s| &s.verify_fetches,
+        ),
+        (
+            "registry_future_versions_refused_total",
+            "Peer records refused for a version too far ahead of this node's clock.",
+            |s| &s.future_versions_refused,
+        ),
+        (
+            "registry_push_sent_total",
+            "UDP pushes sent to subscribers.",
+            |s| &s.pushes_sent,
+        ),
+        (
+            "registry_push_acks_total",
+            "UDP push acknowledgements received.",
+            |s| &s.push_acks,
+        ),
+        (
+            "registry_push_retries_total",
+            "UDP pushes resent after no acknowledgement.",
+            |s| &s.push_retries,
+        ),
+        (
+            "registry_cross_core_requests_total",
+            "Requests handed to the shard (core) that owns their service.",
+            |s| &s.cross_core_sent,
+        ),
+        (
+            "registry_inbox_full_total",
+            "Requests refused with 503 because a shard's inbox was full.",
+            |s| &s.inbox_full,
+        ),
     ];
-    for (name, f) in counters {
-        let _ = writeln!(o, "# TYPE {name} counter");
+    for (name, help, f) in counters {
+        family(o, name, "counter", help);
         let _ = writeln!(o, "{name} {}", sum(f));
     }
-    let _ = writeln!(
+    family(
         o,
-        "# HELP registry_requests_total Requests answered, by endpoint and status."
+        "registry_requests_total",
+        "counter",
+        "Requests answered, by endpoint and status.",
     );
-    let _ = writeln!(o, "# TYPE registry_requests_total counter");
     for e in Endpoint::ALL {
         for (ci, code) in CODES.iter().enumerate() {
             let n: u64 = shards
@@ -185,11 +255,12 @@ pub fn render(shards: &[ShardStats], inbox_depth: &[usize], open_connections: us
             }
         }
     }
-    let _ = writeln!(
+    family(
         o,
-        "# HELP registry_request_duration_seconds Time from a request's parse to its reply."
+        "registry_request_duration_seconds",
+        "histogram",
+        "Time from a request's parse to its reply.",
     );
-    let _ = writeln!(o, "# TYPE registry_request_duration_seconds histogram");
     let width = LATENCY_BUCKETS_US.len() + 1;
     for e in Endpoint::ALL {
         let counts: Vec<u64> = (0..width)
@@ -235,21 +306,42 @@ pub fn render(shards: &[ShardStats], inbox_depth: &[usize], open_connections: us
             e.name()
         );
     }
-    let per_shard: [(&str, Field); 4] = [
-        ("registry_shard_services", |s| &s.services),
-        ("registry_shard_instances", |s| &s.instances),
-        ("registry_shard_subscribers", |s| &s.subscribers),
-        ("registry_shard_timers_armed", |s| &s.timers_armed),
+    let per_shard: [(&str, &str, Field); 4] = [
+        (
+            "registry_shard_services",
+            "Services held by each shard.",
+            |s| &s.services,
+        ),
+        (
+            "registry_shard_instances",
+            "Instances held by each shard.",
+            |s| &s.instances,
+        ),
+        (
+            "registry_shard_subscribers",
+            "UDP push subscribers held by each shard.",
+            |s| &s.subscribers,
+        ),
+        (
+            "registry_shard_timers_armed",
+            "Expiry timers armed on each shard's timing wheel.",
+            |s| &s.timers_armed,
+        ),
     ];
-    for (name, f) in per_shard {
-        let _ = writeln!(o, "# TYPE {name} gauge");
+    for (name, help, f) in per_shard {
+        family(o, name, "gauge", help);
         for (i, s) in shards.iter().enumerate() {
             let _ = writeln!(o, "{name}{{shard=\"{i}\"}} {}", f(s).load(Relaxed));
         }
     }
-    let _ = writeln!(o, "# TYPE registry_shard_inbox_depth gauge");
+    family(
+        o,
+        "registry_shard_inbox_depth",
+        "gauge",
+        "Messages waiting in each shard's inbox.",
+    );
     for (i, d) in inbox_depth.iter().enumerate() {
         let _ = writeln!(o, "registry_shard_inbox_depth{{shard=\"{i}\"}} {d}");
     }
-    o
+    out
 }

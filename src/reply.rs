@@ -4,18 +4,42 @@
 
 use bytes::Bytes;
 
+/// What a body is: its `Content-Type`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Body {
+    /// `text/plain;charset=UTF-8`, as Nacos answers.
+    Text,
+    /// `application/json;charset=UTF-8`.
+    Json,
+    /// Prometheus's text exposition format, version 0.0.4.
+    Metrics,
+}
+
+impl Body {
+    pub fn content_type(self) -> &'static str {
+        match self {
+            Body::Text => "text/plain;charset=UTF-8",
+            Body::Json => "application/json;charset=UTF-8",
+            Body::Metrics => "text/plain; version=0.0.4; charset=utf-8",
+        }
+    }
+}
+
 /// An HTTP answer, before framing.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Reply {
     /// HTTP status code.
     pub status: u16,
-    /// `application/json` when true, else `text/plain`.
-    pub json: bool,
+    pub kind: Body,
     /// The body, sent as is.
     pub body: Bytes,
 }
 
 impl Reply {
+    pub fn is_json(&self) -> bool {
+        self.kind == Body::Json
+    }
+
     pub fn ok() -> Reply {
         Reply::static_text(200, "ok")
     }
@@ -24,7 +48,7 @@ impl Reply {
     pub fn static_text(status: u16, body: &'static str) -> Reply {
         Reply {
             status,
-            json: false,
+            kind: Body::Text,
             body: Bytes::from_static(body.as_bytes()),
         }
     }
@@ -32,7 +56,7 @@ impl Reply {
     pub fn text(status: u16, body: impl Into<String>) -> Reply {
         Reply {
             status,
-            json: false,
+            kind: Body::Text,
             body: Bytes::from(body.into()),
         }
     }
@@ -40,7 +64,7 @@ impl Reply {
     pub fn json(body: impl Into<Bytes>) -> Reply {
         Reply {
             status: 200,
-            json: true,
+            kind: Body::Json,
             body: body.into(),
         }
     }

@@ -93,6 +93,15 @@ fn listeners(
 /// in-flight requests finish, and returns.
 pub fn run(config: Config) -> Result<(), ServerError> {
     let cores = config.cores;
+    let cpus = shard::runtime::allowed_cpus().len();
+    if cpus > 0 && cores > cpus {
+        tracing::warn!(
+            cores,
+            cpus,
+            "more shards than CPUs this process may use: shards will share CPUs and wait \
+             for each other; give --cores {cpus} or fewer (README: choosing --cores)"
+        );
+    }
     let (addr, listeners) = listeners(config.bind, cores)?;
     let mut inboxes = Vec::with_capacity(cores);
     let mut receivers = Vec::with_capacity(cores);

@@ -333,3 +333,135 @@ fn a_second_node_on_a_busy_port_refuses_to_start() {
         "{err}"
     );
 }
+
+#[test]
+fn help_shows_each_settings_default_and_variable() {
+    let out = Command::new(env!("CARGO_BIN_EXE_distro-registry"))
+        .arg("--help")
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let help = String::from_utf8_lossy(&out.stdout);
+    for (flag, env, default) in [
+        (
+            "--bind",
+            "DISTRO_REGISTRY_BIND",
+            "[default: 127.0.0.1:8848]",
+        ),
+        (
+            "--beat-interval-ms",
+            "DISTRO_REGISTRY_BEAT_INTERVAL_MS",
+            "[default: 5000]",
+        ),
+        ("--peers", "DISTRO_REGISTRY_PEERS", "[default: none]"),
+        (
+            "--cores",
+            "DISTRO_REGISTRY_CORES",
+            "the CPUs this process may use",
+        ),
+    ] {
+        let at = help
+            .find(&format!("{flag} <"))
+            .unwrap_or_else(|| panic!("{flag}: {help}"));
+        let entry = &help[at..];
+        let entry = &entry[..entry[2..].find("\n      --").map_or(entry.len(), |e| e + 2)];
+        assert!(entry.contains(&format!("[env: {env}]")), "{entry}");
+        assert!(entry.contains(default), "{entry}");
+    }
+    // The help says what the node does with --peers: this node in the list.
+    assert!(!help.contains("included or not"), "{help}");
+    assert!(help.contains("this node included"), "{help}");
+}
+
+#[test]
+fn configuration_errors_say_what_is_wrong() {
+    let e = refused(
+        &["--bind", "127.0.0.1:0"],
+        &[("DISTRO_REGISTRY_CORES", "abc")],
+    );
+    assert!(
+        e.contains("DISTRO_REGISTRY_CORES=abc") && e.contains("not a whole number"),
+        "{e}"
+    );
+    let e = refused(
+        &["--peers", "127.0.0.1:9032,foo", "--cluster-token", "t"],
+        &[],
+    );
+    assert!(e.contains("\"foo\"") && !e.contains("line"), "{e}");
+    let e = refused(
+        &["--peers", "127.0.0.1:9032", "--bind", "127.0.0.1:9032"],
+        &[],
+    );
+    assert!(e.contains("--cluster-token") && !e.contains("SPEC"), "{e}");
+    let e = refused(&["--bind", "no-such-host.invalid:9010"], &[]);
+    assert!(e.contains("give an IP address"), "{e}");
+}
+
+#[test]
+fn bind_accepts_a_host_name() {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let n = Node::start_raw(&[
+        "--bind".into(),
+        format!("localhost:{port}"),
+        "--cores".into(),
+        "1".into(),
+    ]);
+    assert_eq!(n.addr.to_string(), format!("127.0.0.1:{port}"));
+    assert_eq!(n.get("/nacos/v1/console/health/liveness").status, 200);
+}
+
+#[test]
+fn toml_peers_may_be_an_array() {
+    let ports: Vec<u16> = (0..2)
+        .map(|_| std::net::TcpListener::bind("127.0.0.1:0").unwrap())
+        .collect::<Vec<_>>()
+        .iter()
+        .map(|l| l.local_addr().unwrap().port())
+        .collect();
+    let dir = std::env::temp_dir().join(format!("dr-peers-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("node.toml");
+    std::fs::write(
+        &file,
+        format!(
+            "bind = \"127.0.0.1:{0}\"\npeers = [\"127.0.0.1:{0}\", \"127.0.0.1:{1}\"]\ncluster-token = \"t\"\ncores = 1\n",
+            ports[0], ports[1]
+        ),
+    )
+    .unwrap();
+    let n = Node::start_raw(&["--config".into(), file.to_str().unwrap().into()]);
+    let v = n.json("/nacos/v1/core/cluster/nodes");
+    let members: Vec<&str> = v["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["address"].as_str().unwrap())
+        .collect();
+    assert_eq!(members.len(), 2, "{v}");
+    // The string form still works, and a list of non-strings is refused.
+    std::fs::write(&file, "peers = [1, 2]\n").unwrap();
+    let e = refused(&["--config", file.to_str().unwrap()], &[]);
+    assert!(e.contains("peers"), "{e}");
+}
+
+#[test]
+fn more_shards_than_cpus_is_warned_about() {
+    let cpus = std::thread::available_parallelism().unwrap().get();
+    let n = Node::start(&["--cores", &(cpus + 1).to_string()]);
+    assert!(
+        n.early_log
+            .iter()
+            .any(|l| l.contains("more shards than CPUs")),
+        "{:?}",
+        n.early_log
+    );
+    let n = Node::start(&["--cores", &cpus.to_string()]);
+    assert!(!n
+        .early_log
+        .iter()
+        .any(|l| l.contains("more shards than CPUs")));
+}

@@ -762,3 +762,54 @@ fn members_can_come_from_a_cluster_conf_file() {
     }));
     let _ = std::fs::remove_file(&conf);
 }
+
+#[test]
+fn a_cluster_token_mismatch_is_logged_and_shown_in_the_member_state() {
+    let ports = free_ports(2);
+    let addrs: Vec<String> = ports.iter().map(|p| format!("127.0.0.1:{p}")).collect();
+    let start = |i: usize, token: &str| {
+        let mut a: Vec<String> = vec![
+            "--bind".into(),
+            addrs[i].clone(),
+            "--peers".into(),
+            addrs.join(","),
+            "--cluster-token".into(),
+            token.into(),
+        ];
+        a.extend(FAST.iter().map(|s| s.to_string()));
+        Node::start_raw(&a)
+    };
+    let a = start(0, "token-a");
+    let _b = start(1, "token-b");
+    // Within the first snapshot attempts, long before readiness gives up.
+    let shown = eventually(Duration::from_secs(5), || {
+        let v = a.json("/nacos/v1/core/cluster/nodes");
+        v["data"].as_array().unwrap().iter().any(|m| {
+            m["address"] == addrs[1].as_str()
+                && m["state"] == "DOWN"
+                && m["extendInfo"]["lastRefusal"]
+                    .as_str()
+                    .is_some_and(|r| r.contains("cluster token"))
+        })
+    });
+    assert!(shown, "{}", a.json("/nacos/v1/core/cluster/nodes"));
+    let mut logged = false;
+    while let Ok(line) = a.log.recv_timeout(Duration::from_secs(2)) {
+        if line.contains("refused our cluster token") && line.contains(&addrs[1]) {
+            logged = true;
+            break;
+        }
+    }
+    assert!(logged, "the log names the refusal");
+    // This node itself is never marked.
+    let v = a.json("/nacos/v1/core/cluster/nodes");
+    let me = v["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|m| m["address"] == addrs[0].as_str())
+        .unwrap()
+        .clone();
+    assert_eq!(me["state"], "UP");
+    assert_eq!(me["extendInfo"], serde_json::json!({}));
+}

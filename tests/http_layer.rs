@@ -268,3 +268,46 @@ fn large_bodies_keep_pipeline_order() {
         assert_eq!(big.json()["hosts"].as_array().unwrap().len(), 400);
     }
 }
+
+#[test]
+fn metrics_page_is_prometheus_text_with_help_for_every_family() {
+    let n = Node::start(&["--cores", "2"]);
+    n.req(
+        "POST",
+        &format!("{NS}/instance?serviceName=m&ip=10.0.0.1&port=1"),
+        "",
+    );
+    let r = n.get("/metrics");
+    assert_eq!(r.status, 200);
+    assert_eq!(
+        r.header("content-type"),
+        Some("text/plain; version=0.0.4; charset=utf-8")
+    );
+    let lines: Vec<&str> = r.body.lines().collect();
+    let mut families = 0;
+    for (i, l) in lines.iter().enumerate() {
+        if let Some(rest) = l.strip_prefix("# TYPE ") {
+            let name = rest.split_whitespace().next().unwrap();
+            families += 1;
+            let help = format!("# HELP {name} ");
+            assert!(
+                i > 0 && lines[i - 1].starts_with(&help) && lines[i - 1].len() > help.len(),
+                "no # HELP before {l}"
+            );
+        }
+    }
+    assert!(families >= 24, "{families} families");
+    // Samples belong to a declared family.
+    for l in lines.iter().filter(|l| !l.starts_with('#')) {
+        let name = l.split(['{', ' ']).next().unwrap();
+        let base = name
+            .trim_end_matches("_bucket")
+            .trim_end_matches("_sum")
+            .trim_end_matches("_count");
+        assert!(
+            r.body.contains(&format!("# TYPE {name} "))
+                || r.body.contains(&format!("# TYPE {base} ")),
+            "{l}"
+        );
+    }
+}

@@ -77,7 +77,7 @@ pub struct Summary {
     pub comparison: Vec<Ratio>,
 }
 
-pub const SCHEMA: &str = "distro-loadgen/summary/v1";
+pub const SCHEMA: &str = "distro-loadgen/summary/v2";
 
 fn ms(h: &Histogram<u64>, q: f64) -> f64 {
     if h.is_empty() {
@@ -334,6 +334,12 @@ pub fn title(summary: &Summary) -> String {
         ("rate", "req/s"),
     ] {
         if let Some(v) = s.get(key).filter(|v| !v.is_null()) {
+            // "1 thread", not "1 threads"; "1 s" and "1 req/s" stay.
+            let unit = if v == 1 && unit.len() > 5 {
+                unit.trim_end_matches('s')
+            } else {
+                unit
+            };
             parts.push(format!("{v} {unit}"));
         }
     }

@@ -244,7 +244,7 @@ fn summary_json_matches_its_schema() {
     ]);
     let v: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(dir.join("summary.json")).unwrap()).unwrap();
-    assert_eq!(v["schema"], "distro-loadgen/summary/v1");
+    assert_eq!(v["schema"], "distro-loadgen/summary/v2");
     assert_eq!(v["scenario"], "burst");
     assert!(v["settings"]["connections"].is_u64());
     // burst runs by count: no duration among its settings.

@@ -111,6 +111,10 @@ async fn load_part(ctx: Rc<ShardCtx>) {
                     }
                 }
                 Ok(r) if r.status == 503 => answers.push(Answer::Starting),
+                Ok(r) if r.status == 403 => {
+                    token_refused(shared, peer, "snapshot");
+                    answers.push(Answer::Nothing);
+                }
                 Ok(r) => {
                     tracing::warn!(shard = ctx.id, %peer, status = r.status, "snapshot refused");
                     answers.push(Answer::Nothing);
@@ -207,6 +211,25 @@ impl<'de, F: FnMut(Datum)> Visitor<'de> for EachDatum<F> {
     }
 }
 
+/// What a member shows (`extendInfo.lastRefusal`) while it refuses our
+/// cluster token.
+pub const TOKEN_REFUSED: &str =
+    "this member refused our cluster token (403): every node of a cluster must be started \
+     with the same --cluster-token";
+
+/// A peer answered 403 to a peer request: our token is not its token.
+/// Marks it DOWN with the reason; logs an error when it was not marked.
+fn token_refused(shared: &crate::cluster::ClusterShared, peer: &str, what: &str) {
+    let first = shared.with_members(|m| {
+        let first = !m.token_refused(peer);
+        m.report_outcome(peer, ReportOutcome::TokenRefused);
+        first
+    });
+    if first {
+        tracing::error!(%peer, request = what, "{TOKEN_REFUSED}");
+    }
+}
+
 /// Every `report_interval_ms`, this node's Member JSON to one other member,
 /// round robin; the outcome moves the member's state.
 async fn report_loop(ctx: &Rc<ShardCtx>) {
@@ -232,6 +255,10 @@ async fn report_loop(ctx: &Rc<ShardCtx>) {
             let outcome = match &result {
                 Ok(r) if r.status == 200 => ReportOutcome::Accepted,
                 Ok(r) if r.status == 503 => ReportOutcome::Starting,
+                Ok(r) if r.status == 403 => {
+                    token_refused(shared, &target, "member report");
+                    ReportOutcome::TokenRefused
+                }
                 Err(PeerError::Refused) => ReportOutcome::Refused,
                 _ => ReportOutcome::Failed,
             };

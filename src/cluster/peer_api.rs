@@ -393,7 +393,11 @@ pub async fn to_owner(ctx: &Rc<ShardCtx>, op: Op, req: &Request<'_>) -> Result<R
             ctx.stats().forwarded.fetch_add(1, Ordering::Relaxed);
             Ok(Reply {
                 status: r.status,
-                json: r.json,
+                kind: if r.json {
+                    crate::reply::Body::Json
+                } else {
+                    crate::reply::Body::Text
+                },
                 body: r.body,
             })
         }
@@ -419,7 +423,11 @@ fn member_json(m: &Member) -> serde_json::Value {
         "address": m.address,
         "state": m.state.name(),
         "failAccessCnt": m.fail_count,
-        "extendInfo": {},
+        "extendInfo": if m.token_refused {
+            serde_json::json!({ "lastRefusal": super::driver::TOKEN_REFUSED })
+        } else {
+            serde_json::json!({})
+        },
     })
 }
 

@@ -12,6 +12,8 @@ pub const DEFAULT_PORT: u16 = 8848;
 pub enum ConfError {
     #[error("member {0:?} on line {1} is not ip:port")]
     BadMember(String, usize),
+    #[error("member {0:?} is not ip:port (host names are not accepted: give the IP)")]
+    BadPeer(String),
     #[error("no members")]
     Empty,
 }
@@ -53,7 +55,11 @@ pub fn parse_cluster_conf(text: &str) -> Result<Vec<String>, ConfError> {
 
 /// Members from `--peers a,b,c`.
 pub fn parse_peers(list: &str) -> Result<Vec<String>, ConfError> {
-    parse_cluster_conf(&list.replace(',', "\n"))
+    // The same rules as cluster.conf; an error names the member, not a line.
+    parse_cluster_conf(&list.replace(',', "\n")).map_err(|e| match e {
+        ConfError::BadMember(m, _) => ConfError::BadPeer(m),
+        e => e,
+    })
 }
 
 #[cfg(test)]
@@ -77,6 +83,12 @@ mod tests {
         );
         assert_eq!(parse_cluster_conf("# nothing\n\n"), Err(ConfError::Empty));
         assert_eq!(parse_peers("127.0.0.1:1,127.0.0.1:2").unwrap().len(), 2);
-        assert!(parse_peers("127.0.0.1:99999").is_err());
+        assert_eq!(
+            parse_peers("127.0.0.1:9032,foo"),
+            Err(ConfError::BadPeer("foo".into()))
+        );
+        assert!(!ConfError::BadPeer("foo".into())
+            .to_string()
+            .contains("line"));
     }
 }

@@ -34,6 +34,9 @@ pub enum ReportOutcome {
     Starting,
     /// Nothing listens there.
     Refused,
+    /// 403: the member refused our cluster token (the nodes were started
+    /// with different `--cluster-token`s). DOWN at once, and said so.
+    TokenRefused,
     /// Timeout, reset, any other answer.
     Failed,
 }
@@ -45,6 +48,8 @@ pub struct Member {
     pub state: State,
     /// Failed reports in a row.
     pub fail_count: u32,
+    /// The last answer from it was a 403 for our cluster token.
+    pub token_refused: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -74,6 +79,7 @@ impl Membership {
                     address,
                     state: State::Up,
                     fail_count: 0,
+                    token_refused: false,
                 })
                 .collect(),
             cursor: 0,
@@ -167,15 +173,32 @@ impl Membership {
     /// forwarded to it before it holds the data). Returns whether the
     /// healthy list changed.
     pub fn report_outcome(&mut self, target: &str, outcome: ReportOutcome) -> bool {
+        self.mark_token(target, outcome == ReportOutcome::TokenRefused);
         match outcome {
             ReportOutcome::Accepted => self.report_ok(target),
-            ReportOutcome::Starting | ReportOutcome::Refused => self.report_failed(target, true),
+            ReportOutcome::Starting | ReportOutcome::Refused | ReportOutcome::TokenRefused => {
+                self.report_failed(target, true)
+            }
             ReportOutcome::Failed => self.report_failed(target, false),
+        }
+    }
+
+    /// Whether `target` refused our token in its last answer.
+    pub fn token_refused(&self, target: &str) -> bool {
+        self.members
+            .iter()
+            .any(|m| m.address == target && m.token_refused)
+    }
+
+    fn mark_token(&mut self, target: &str, refused: bool) {
+        if let Some(m) = self.members.iter_mut().find(|m| m.address == target) {
+            m.token_refused = refused && target != self.me;
         }
     }
 
     /// A report from `from` arrived: it is UP.
     pub fn report_received(&mut self, from: &str) -> bool {
+        self.mark_token(from, false);
         self.set(from, State::Up, 0)
     }
 }
@@ -260,6 +283,22 @@ mod tests {
         assert!(!m.report_outcome("127.0.0.1:8850", ReportOutcome::Failed));
         assert_eq!(m.members()[2].state, State::Suspicious);
         assert!(m.report_outcome("127.0.0.1:8850", ReportOutcome::Refused));
+    }
+
+    #[test]
+    fn a_member_that_refuses_our_token_is_down_and_marked_until_it_accepts() {
+        let mut m = three();
+        let peer = "127.0.0.1:8849";
+        assert!(m.report_outcome(peer, ReportOutcome::TokenRefused));
+        assert_eq!(m.members()[1].state, State::Down);
+        assert!(m.token_refused(peer) && m.members()[1].token_refused);
+        assert!(!m.report_outcome(peer, ReportOutcome::TokenRefused));
+        assert!(m.token_refused(peer), "still refused");
+        assert!(m.report_outcome(peer, ReportOutcome::Accepted));
+        assert!(!m.token_refused(peer), "cleared by an accepted report");
+        m.report_outcome(peer, ReportOutcome::TokenRefused);
+        m.report_outcome(peer, ReportOutcome::Refused);
+        assert!(!m.token_refused(peer), "its last answer was no answer");
     }
 
     #[test]

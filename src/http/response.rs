@@ -29,11 +29,7 @@ pub fn write(out: &mut Vec<u8>, reply: &Reply, keep_alive: bool, head_only: bool
 
 /// Appends the status line and headers only; the caller sends the body.
 pub fn write_head(out: &mut Vec<u8>, reply: &Reply, keep_alive: bool) {
-    let content_type = if reply.json {
-        "application/json;charset=UTF-8"
-    } else {
-        "text/plain;charset=UTF-8"
-    };
+    let content_type = reply.kind.content_type();
     let mut len_buf = itoa::Buffer::new();
     let mut status_buf = itoa::Buffer::new();
     out.extend_from_slice(b"HTTP/1.1 ");

@@ -252,7 +252,7 @@ async fn dispatch(
                 200,
                 crate::metrics::render(&ctx.shared.stats, &depths, open),
             );
-            r.json = false;
+            r.kind = crate::reply::Body::Metrics;
             r
         }
     }

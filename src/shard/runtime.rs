@@ -85,10 +85,36 @@ pub fn pin_to_allowed_cpu(n: usize) -> Option<usize> {
 /// highest down: a load generator's threads take the other end of the
 /// machine from a node's shards, which start at the lowest.
 pub fn pin_to_allowed_cpu_from_top(n: usize) -> Option<usize> {
-    let cpus = allowed_cpus();
+    pin_to(nth_from_top(n, &allowed_cpus())?)
+}
+
+/// The `n`-th of `cpus` (sorted) counted from the highest, wrapping.
+pub fn nth_from_top(n: usize, cpus: &[usize]) -> Option<usize> {
     let len = cpus.len();
-    if len == 0 {
-        return None;
+    (len > 0).then(|| cpus[len - 1 - n % len])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn load_generator_threads_take_cpus_from_the_top() {
+        // A one-thread generator on a 2-CPU machine stays off CPU 0, where
+        // a node's shard 0 runs.
+        assert_eq!(nth_from_top(0, &[0, 1]), Some(1));
+        assert_eq!(nth_from_top(1, &[0, 1]), Some(0));
+        assert_eq!(nth_from_top(2, &[0, 1]), Some(1));
+        assert_eq!(nth_from_top(0, &[2, 5, 7]), Some(7));
+        assert_eq!(nth_from_top(0, &[]), None);
+        let allowed = allowed_cpus();
+        let top = *allowed.last().unwrap();
+        let got = std::thread::spawn(|| {
+            let cpu = pin_to_allowed_cpu_from_top(0);
+            (cpu, allowed_cpus())
+        })
+        .join()
+        .unwrap();
+        assert_eq!(got, (Some(top), vec![top]));
     }
-    pin_to(cpus[len - 1 - n % len])
 }
