@@ -155,6 +155,49 @@ pub fn resolve_addr(s: &str) -> Result<SocketAddr, String> {
         .ok_or_else(bad)
 }
 
+/// Where the gRPC front end listens (Nacos 2.x/3.x clients).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum GrpcPort {
+    /// The HTTP port + 1000, as Nacos clients assume (HTTP port 0: any).
+    Offset,
+    /// `0`: no gRPC front end.
+    Off,
+    Port(u16),
+}
+
+/// What Nacos clients add to the HTTP port to find the gRPC one.
+pub const GRPC_PORT_OFFSET: u16 = 1000;
+
+impl SettingValue for GrpcPort {
+    fn parse_setting(s: &str) -> Result<Self, String> {
+        match s.trim().parse::<u16>() {
+            Ok(0) => Ok(GrpcPort::Off),
+            Ok(p) => Ok(GrpcPort::Port(p)),
+            Err(e) => Err(format!(
+                "{s:?} is not a port number ({e}); 0 turns gRPC off"
+            )),
+        }
+    }
+    fn show(&self) -> String {
+        match self {
+            GrpcPort::Offset => format!("the HTTP port + {GRPC_PORT_OFFSET}"),
+            GrpcPort::Off => "0 (off)".into(),
+            GrpcPort::Port(p) => p.to_string(),
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for GrpcPort {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let p = u16::deserialize(d)?;
+        Ok(if p == 0 {
+            GrpcPort::Off
+        } else {
+            GrpcPort::Port(p)
+        })
+    }
+}
+
 fn parse_setting<T: SettingValue>(s: &str) -> Result<T, String> {
     T::parse_setting(s)
 }
@@ -236,6 +279,11 @@ settings! {
     verify_interval_ms: u64 = 5_000,
     /// Request body of a peer request (replication batches, checksums), bytes.
     peer_body_bytes_max: usize = 64 * 1024 * 1024,
+    /// gRPC port for Nacos 2.x/3.x clients; 0 turns it off.
+    grpc_port: GrpcPort = GrpcPort::Offset,
+    /// One gRPC message, bytes; past it the call fails with
+    /// RESOURCE_EXHAUSTED (the Java server's limit).
+    grpc_message_bytes_max: usize = 10 * 1024 * 1024,
 }
 
 impl FileConfig {
@@ -336,6 +384,7 @@ impl Config {
             ("report-interval-ms", self.report_interval_ms),
             ("verify-interval-ms", self.verify_interval_ms),
             ("peer-body-bytes-max", self.peer_body_bytes_max as u64),
+            ("grpc-message-bytes-max", self.grpc_message_bytes_max as u64),
         ];
         for (name, v) in positive {
             if v == 0 {
@@ -348,7 +397,29 @@ impl Config {
             ));
         }
         self.cluster_members()?;
+        self.grpc_addr(self.bind)?;
         Ok(())
+    }
+
+    /// The gRPC listen address for an HTTP listener on `http` (None: off).
+    pub fn grpc_addr(&self, http: SocketAddr) -> Result<Option<SocketAddr>, ConfigError> {
+        let port = match self.grpc_port {
+            GrpcPort::Off => return Ok(None),
+            GrpcPort::Port(p) => p,
+            GrpcPort::Offset if http.port() == 0 => 0,
+            GrpcPort::Offset => http.port().checked_add(GRPC_PORT_OFFSET).ok_or_else(|| {
+                ConfigError::Invalid(format!(
+                    "the gRPC port would be {} + {GRPC_PORT_OFFSET}, past 65535: give --grpc-port",
+                    http.port()
+                ))
+            })?,
+        };
+        if port != 0 && port == http.port() {
+            return Err(ConfigError::Invalid(format!(
+                "--grpc-port {port} is the HTTP port"
+            )));
+        }
+        Ok(Some(SocketAddr::new(http.ip(), port)))
     }
 
     /// This node's address and the cluster's members (SPEC 4.1), or None

@@ -5,6 +5,7 @@ pub mod api;
 pub mod cluster;
 pub mod config;
 pub mod distro;
+pub mod grpc;
 pub mod http;
 pub mod metrics;
 pub mod push;

@@ -102,7 +102,19 @@ pub fn run(config: Config) -> Result<(), ServerError> {
              for each other; give --cores {cpus} or fewer (README: choosing --cores)"
         );
     }
-    let (addr, listeners) = listeners(config.bind, cores)?;
+    let (addr, http_listeners) = listeners(config.bind, cores)?;
+    let grpc = match config.grpc_addr(addr).map_err(ServerError::Config)? {
+        Some(g) => {
+            let (gaddr, ls) = listeners(g, cores)?;
+            Some((gaddr, ls))
+        }
+        None => None,
+    };
+    let grpc_addr = grpc.as_ref().map(|(a, _)| *a);
+    let mut grpc_listeners: Vec<Option<std::net::TcpListener>> = match grpc {
+        Some((_, ls)) => ls.into_iter().map(Some).collect(),
+        None => (0..cores).map(|_| None).collect(),
+    };
     let mut inboxes = Vec::with_capacity(cores);
     let mut receivers = Vec::with_capacity(cores);
     for _ in 0..cores {
@@ -129,15 +141,20 @@ pub fn run(config: Config) -> Result<(), ServerError> {
     });
     watch_signals(shared.clone())?;
     let mut threads = Vec::with_capacity(cores);
-    for (id, (rx, l)) in receivers.into_iter().zip(listeners).enumerate() {
+    for (id, (rx, l)) in receivers.into_iter().zip(http_listeners).enumerate() {
         let shared = shared.clone();
+        let g = grpc_listeners[id].take();
         let t = std::thread::Builder::new()
             .name(format!("shard-{id}"))
-            .spawn(move || shard::run(id, shared, rx, l))
+            .spawn(move || shard::run(id, shared, rx, l, g))
             .map_err(ServerError::Thread)?;
         threads.push(t);
     }
     tracing::info!(cores, "listening on {addr}");
+    match grpc_addr {
+        Some(g) => tracing::info!("gRPC for Nacos 2.x/3.x clients on {g}"),
+        None => tracing::info!("gRPC off (--grpc-port 0)"),
+    }
     for t in threads {
         if t.join().is_err() {
             tracing::error!("a shard thread panicked");

@@ -325,6 +325,22 @@ fn a_second_node_on_a_busy_port_refuses_to_start() {
         let list = first.json(&format!("{NS}/instance/list?serviceName=busy"));
         assert_eq!(list["hosts"].as_array().unwrap().len(), 1, "{list}");
     }
+    // The gRPC port too: a node on another HTTP port but the same gRPC
+    // port refuses to start.
+    let grpc = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+        .to_string();
+    let g = Node::start(&["--cores", "1", "--grpc-port", &grpc]);
+    let (status, err) = exits_within(&["--bind", "127.0.0.1:0", "--grpc-port", &grpc], 10);
+    assert!(
+        !status.success() && err.contains("address already in use"),
+        "{err}"
+    );
+    assert!(err.contains(&format!("127.0.0.1:{grpc}")), "{err}");
+    drop(g);
     // A wildcard bind over the same port is refused as well.
     let port = first.addr.port().to_string();
     let (status, err) = exits_within(&["--bind", &format!("0.0.0.0:{port}")], 10);
@@ -428,7 +444,7 @@ fn toml_peers_may_be_an_array() {
     std::fs::write(
         &file,
         format!(
-            "bind = \"127.0.0.1:{0}\"\npeers = [\"127.0.0.1:{0}\", \"127.0.0.1:{1}\"]\ncluster-token = \"t\"\ncores = 1\n",
+            "bind = \"127.0.0.1:{0}\"\ngrpc-port = 0\npeers = [\"127.0.0.1:{0}\", \"127.0.0.1:{1}\"]\ncluster-token = \"t\"\ncores = 1\n",
             ports[0], ports[1]
         ),
     )

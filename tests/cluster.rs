@@ -14,7 +14,10 @@ const TOKEN: &str = "test-cluster-token";
 
 /// Short timings so that faults play out in seconds: reports every
 /// 300 ms, verify every second, unhealthy after 3 s, deleted after 6 s.
-const FAST: [&str; 10] = [
+const FAST: [&str; 12] = [
+    // Explicit HTTP ports: the gRPC port + 1000 could be anyone's.
+    "--grpc-port",
+    "0",
     "--report-interval-ms",
     "300",
     "--verify-interval-ms",

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The whole test suite: Rust unit and integration tests (real binary on
-# loopback), then the real nacos-sdk-python client against the binary.
-# Installs what it needs (a Python venv in .venv) on first run.
+# loopback), then the real nacos-sdk-python clients against the binary:
+# 1.0.0 (HTTP, in .venv) and 3.2.0 (gRPC, package v2, in .venv-v2).
+# Installs what it needs on first run.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -9,7 +10,13 @@ if [ ! -x .venv/bin/python ]; then
     python3 -m venv .venv
 fi
 .venv/bin/pip install --quiet --disable-pip-version-check -r tests/python/requirements.txt
+# The 2.x client (gRPC) has the same PyPI name as the 1.x one: its own venv.
+if [ ! -x .venv-v2/bin/python ]; then
+    python3 -m venv .venv-v2
+fi
+.venv-v2/bin/pip install --quiet --disable-pip-version-check -r tests/python_v2/requirements.txt
 
 cargo build --locked --workspace
 cargo test --locked --workspace
 DR_BIN="$PWD/target/debug/distro-registry" .venv/bin/python -m pytest -q -p no:cacheprovider -W ignore::DeprecationWarning tests/python
+DR_BIN="$PWD/target/debug/distro-registry" .venv-v2/bin/python -m pytest -q -p no:cacheprovider -W ignore::DeprecationWarning tests/python_v2

@@ -25,6 +25,17 @@ impl<'a> Params<'a> {
         Params { pairs }
     }
 
+    /// Parameters from (name, value) pairs: what another front end (gRPC)
+    /// read from its own format, validated by the same rules.
+    pub fn from_pairs(pairs: Vec<(String, String)>) -> Params<'static> {
+        Params {
+            pairs: pairs
+                .into_iter()
+                .map(|(k, v)| (Cow::Owned(k), Cow::Owned(v)))
+                .collect(),
+        }
+    }
+
     /// The first value of `name` that is not empty once trimmed, trimmed.
     pub fn get(&self, name: &str) -> Option<&str> {
         self.pairs

@@ -202,48 +202,20 @@ async fn dispatch(
                     Err(op) => op,
                 },
             };
-            let cores = ctx.shared.inboxes.len();
-            let target = shard_of(op.service().full_key(), cores);
-            if target == ctx.id {
-                return ctx.execute(op, subscription, now_ms());
-            }
-            let (tx, rx) = oneshot::channel();
-            let msg = ShardMsg::Op {
-                op,
-                subscription,
-                reply: tx,
-            };
-            ask(ctx, target, msg, rx).await
+            run_op(ctx, op, subscription).await
         }
         Action::ServiceList {
             namespace,
             group,
             page_no,
             page_size,
-        } => {
-            let mut names = Vec::new();
-            for shard in 0..ctx.shared.inboxes.len() {
-                if shard == ctx.id {
-                    names.extend(ctx.state.borrow().store.service_names(&namespace, &group));
-                    continue;
-                }
-                let (tx, rx) = oneshot::channel();
-                let msg = ShardMsg::ServiceNames {
-                    namespace: namespace.clone(),
-                    group: group.clone(),
-                    reply: tx,
-                };
-                match ask(ctx, shard, msg, rx).await {
-                    Ok(part) => names.extend(part),
-                    Err(r) => return r,
-                }
+        } => match service_names(ctx, &namespace, &group).await {
+            Ok(names) => {
+                let (count, page) = page_of(&names, page_no, page_size);
+                Reply::json_value(&serde_json::json!({"count": count, "doms": page}))
             }
-            names.sort_unstable();
-            let count = names.len();
-            let start = (page_no - 1).saturating_mul(page_size).min(count);
-            let end = start.saturating_add(page_size).min(count);
-            Reply::json_value(&serde_json::json!({"count": count, "doms": &names[start..end]}))
-        }
+            Err(r) => r,
+        },
         Action::OperatorMetrics => crate::api::operator::metrics(&ctx.shared),
         Action::Metrics => {
             let depths: Vec<usize> = ctx.shared.inboxes.iter().map(|i| i.depth()).collect();
@@ -256,6 +228,62 @@ async fn dispatch(
             r
         }
     }
+}
+
+/// Runs a validated command on the shard that owns its service (this one,
+/// or another through its inbox): the one path of every front end.
+pub async fn run_op(
+    ctx: &Rc<ShardCtx>,
+    op: crate::store::Op,
+    subscription: Option<api::Subscription>,
+) -> Reply {
+    let cores = ctx.shared.inboxes.len();
+    let target = shard_of(op.service().full_key(), cores);
+    if target == ctx.id {
+        return ctx.execute(op, subscription, now_ms());
+    }
+    let (tx, rx) = oneshot::channel();
+    let msg = ShardMsg::Op {
+        op,
+        subscription,
+        reply: tx,
+    };
+    ask(ctx, target, msg, rx).await
+}
+
+/// Every shard's service names of `namespace` and `group`, sorted.
+pub async fn service_names(
+    ctx: &Rc<ShardCtx>,
+    namespace: &str,
+    group: &str,
+) -> Result<Vec<String>, Reply> {
+    let mut names = Vec::new();
+    for shard in 0..ctx.shared.inboxes.len() {
+        if shard == ctx.id {
+            names.extend(ctx.state.borrow().store.service_names(namespace, group));
+            continue;
+        }
+        let (tx, rx) = oneshot::channel();
+        let msg = ShardMsg::ServiceNames {
+            namespace: namespace.to_string(),
+            group: group.to_string(),
+            reply: tx,
+        };
+        names.extend(ask::<_, Result<_, Reply>>(ctx, shard, msg, rx).await?);
+    }
+    names.sort_unstable();
+    Ok(names)
+}
+
+/// (total, the 1-based page `page_no` of `page_size` names).
+pub fn page_of(names: &[String], page_no: usize, page_size: usize) -> (usize, &[String]) {
+    let count = names.len();
+    let start = page_no
+        .saturating_sub(1)
+        .saturating_mul(page_size)
+        .min(count);
+    let end = start.saturating_add(page_size).min(count);
+    (count, &names[start..end])
 }
 
 /// Sends `msg` to shard `target` and waits for its answer.

@@ -224,12 +224,13 @@ pub fn run(
     shared: Arc<Shared>,
     rx: Receiver<ShardMsg>,
     listener: std::net::TcpListener,
+    grpc: Option<std::net::TcpListener>,
 ) {
     match runtime::pin_to_allowed_cpu(id) {
         Some(cpu) => tracing::debug!(shard = id, cpu, "shard pinned"),
         None => tracing::warn!(shard = id, "could not pin shard to a core"),
     }
-    let fut = shard_main(id, shared, rx, listener);
+    let fut = shard_main(id, shared, rx, listener, grpc);
     let result = runtime::block_on(
         fut,
         |driver| tracing::info!(shard = id, driver, "shard started"),
@@ -247,6 +248,7 @@ async fn shard_main(
     shared: Arc<Shared>,
     rx: Receiver<ShardMsg>,
     listener: std::net::TcpListener,
+    grpc: Option<std::net::TcpListener>,
 ) {
     let c = &shared.config;
     let now = now_ms();
@@ -301,6 +303,21 @@ async fn shard_main(
     let canceller = monoio::io::Canceller::new();
     let handle = canceller.handle();
     monoio::spawn(tick_loop(ctx.clone(), udp, canceller));
+    if let Some(g) = grpc {
+        match monoio::net::TcpListener::from_std(g) {
+            Ok(g) => {
+                monoio::spawn(crate::grpc::server::accept_loop(
+                    ctx.clone(),
+                    g,
+                    handle.clone(),
+                ));
+            }
+            Err(e) => {
+                tracing::error!(shard = id, error = %e, "cannot adopt the gRPC listener");
+                std::process::exit(1);
+            }
+        }
+    }
     conn::accept_loop(ctx.clone(), listener, handle).await;
     // Stop accepting happened above; let in-flight requests finish: those
     // of every shard, since another shard's request may still need this

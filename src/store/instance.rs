@@ -172,6 +172,10 @@ pub struct Instance {
     pub timeouts: Timeouts,
     /// Whether an expiry timer is armed for this instance (at most one).
     pub timer_armed: bool,
+    /// The gRPC connection that published it (`grpc::ConnTag`): such an
+    /// instance needs no beats and is never expired; it lives until that
+    /// connection releases it. None: registered over HTTP, kept by beats.
+    pub conn: Option<std::num::NonZeroU64>,
     /// Version of the last state change (not bumped by plain beats).
     pub version: crate::distro::hlc::Version,
 }

@@ -84,6 +84,16 @@ pub enum Op {
     GetService {
         svc: ServiceId,
     },
+    /// What a gRPC connection publishes in a service (one publisher per
+    /// connection and service, NACOS2.md 3): `release` its earlier
+    /// instances that are still its own, then register `specs` bound to
+    /// `conn`. A deregister is a publish of nothing.
+    Publish {
+        svc: ServiceId,
+        conn: std::num::NonZeroU64,
+        specs: Vec<InstanceSpec>,
+        release: Vec<InstanceAddr>,
+    },
 }
 
 impl Op {
@@ -99,7 +109,8 @@ impl Op {
             | Op::CreateService { svc, .. }
             | Op::UpdateService { svc, .. }
             | Op::DeleteService { svc }
-            | Op::GetService { svc } => svc,
+            | Op::GetService { svc }
+            | Op::Publish { svc, .. } => svc,
         }
     }
 }
@@ -354,6 +365,7 @@ impl Store {
             timeouts,
             timer_armed,
             version,
+            conn: None,
         };
         let svc_key = s.key.clone();
         Self::arm(&mut self.timers, &svc_key, &mut inst);
@@ -400,6 +412,32 @@ impl Store {
         }
         Self::arm(&mut self.timers, &svc_key, inst);
         s.touch(now_ms);
+        true
+    }
+
+    /// Removes `addr` from `svc` if the connection `conn` still owns it
+    /// (an HTTP register or another connection may have taken it since).
+    fn release(
+        &mut self,
+        svc: &ServiceId,
+        addr: &InstanceAddr,
+        conn: std::num::NonZeroU64,
+        now_ms: u64,
+    ) -> bool {
+        let Some(s) = self.services.get_mut(svc.full_key()) else {
+            return false;
+        };
+        let key = addr.key();
+        if s.instances.get(key.as_str()).and_then(|i| i.conn) != Some(conn) {
+            return false;
+        }
+        let Some(inst) = s.instances.remove(key.as_str()) else {
+            return false;
+        };
+        self.instances -= 1;
+        s.touch(now_ms);
+        let svc_key = s.key.clone();
+        self.bury(&svc_key, inst.key, now_ms);
         true
     }
 
@@ -478,6 +516,36 @@ impl Store {
                 changed(Reply::ok())
             }
             Op::Beat { svc, addr, beat } => self.beat(svc, addr, beat, now_ms),
+            Op::Publish {
+                svc,
+                conn,
+                specs,
+                release,
+            } => {
+                let mut any = false;
+                for addr in release {
+                    if specs.iter().any(|s| s.addr == addr) {
+                        continue; // published again below
+                    }
+                    any |= self.release(&svc, &addr, conn, now_ms);
+                }
+                for spec in specs {
+                    let key = spec.addr.key();
+                    self.put(&svc, spec, now_ms);
+                    if let Some(inst) = self
+                        .services
+                        .get_mut(svc.full_key())
+                        .and_then(|s| s.instances.get_mut(key.as_str()))
+                    {
+                        inst.conn = Some(conn);
+                    }
+                    any = true;
+                }
+                Applied {
+                    reply: Reply::ok(),
+                    changed: any,
+                }
+            }
             Op::List { svc, variant } => {
                 let key = svc.full_key();
                 match self.services.get_mut(key) {
@@ -666,7 +734,8 @@ impl Store {
                 continue;
             };
             inst.timer_armed = false;
-            if !inst.ephemeral {
+            if !inst.ephemeral || inst.conn.is_some() {
+                // Persistent, or alive as long as its gRPC connection.
                 continue;
             }
             if !owns(s.id.grouped()) {

@@ -205,6 +205,8 @@ impl Store {
                 last_beat_ms: existing.map(|i| i.last_beat_ms).unwrap_or(now_ms),
                 timer_armed: existing.map(|i| i.timer_armed).unwrap_or(false),
                 version: r.version,
+                // A connection held here keeps its instances bound to it.
+                conn: existing.and_then(|i| i.conn),
             };
             Store::arm(timers, &svc_key, &mut inst);
             if s.instances.insert(inst_key, inst).is_none() {

@@ -793,3 +793,70 @@ fn a_version_at_the_end_of_the_clock_range_does_not_wrap_local_writes() {
         "the local deregister wins"
     );
 }
+
+#[test]
+fn connection_bound_instances_never_expire_and_are_released_only_by_their_connection() {
+    let mut s = store();
+    let c1 = std::num::NonZeroU64::new(1).unwrap();
+    let c2 = std::num::NonZeroU64::new(2).unwrap();
+    let publish =
+        |s: &mut Store, conn, specs: Vec<InstanceSpec>, release: Vec<InstanceAddr>, now| {
+            s.apply(
+                Op::Publish {
+                    svc: svc("g"),
+                    conn,
+                    specs,
+                    release,
+                },
+                now,
+            )
+        };
+    assert!(publish(&mut s, c1, vec![spec("10.0.0.1", 1, &[])], vec![], 0).changed);
+    // No beats for far longer than the delete timeout: still there, healthy.
+    let mut changed = Vec::new();
+    for t in (0..120_000).step_by(100) {
+        s.expire(t, &mut changed);
+    }
+    assert!(changed.is_empty());
+    assert_eq!(ips(&mut s, "g", 120_000), ["10.0.0.1"]);
+    assert_eq!(
+        list(&mut s, "g", true, 120_000)["hosts"][0]["healthy"],
+        true
+    );
+    // A publish replaces the connection's earlier instance.
+    publish(
+        &mut s,
+        c1,
+        vec![spec("10.0.0.2", 2, &[])],
+        vec![addr("10.0.0.1", 1)],
+        120_001,
+    );
+    assert_eq!(ips(&mut s, "g", 120_002), ["10.0.0.2"]);
+    // Another connection takes 10.0.0.2 over: c1's release leaves it alone.
+    publish(&mut s, c2, vec![spec("10.0.0.2", 2, &[])], vec![], 120_003);
+    let r = publish(&mut s, c1, vec![], vec![addr("10.0.0.2", 2)], 120_004);
+    assert!(!r.changed);
+    assert_eq!(ips(&mut s, "g", 120_005), ["10.0.0.2"]);
+    // An HTTP register makes it beat-owned: c2's release leaves it too, and
+    // it expires without beats like any other.
+    s.apply(
+        Op::Register {
+            svc: svc("g"),
+            spec: spec("10.0.0.2", 2, &[]),
+        },
+        120_006,
+    );
+    assert!(!publish(&mut s, c2, vec![], vec![addr("10.0.0.2", 2)], 120_007).changed);
+    for t in (120_100..200_000).step_by(100) {
+        s.expire(t, &mut changed);
+    }
+    assert_eq!(ips(&mut s, "g", 200_000), Vec::<String>::new());
+    // Released instances leave tombstones: a late older copy stays dead.
+    publish(&mut s, c1, vec![spec("10.0.0.3", 3, &[])], vec![], 200_001);
+    assert!(publish(&mut s, c1, vec![], vec![addr("10.0.0.3", 3)], 200_002).changed);
+    let d = s.datum(svc("g").full_key()).unwrap();
+    assert!(d
+        .instances
+        .iter()
+        .any(|r| r.key == "10.0.0.3#3#DEFAULT" && r.deleted));
+}

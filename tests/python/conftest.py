@@ -53,7 +53,7 @@ def cluster():
     """Three clustered nodes with short timeouts; yields the Node list."""
     addrs = [f"127.0.0.1:{p}" for p in free_ports(3)]
     nodes = [
-        Node("--peers", ",".join(addrs), "--cluster-token", "py-token", "--cores", "1",
+        Node("--peers", ",".join(addrs), "--cluster-token", "py-token", "--cores", "1", "--grpc-port", "0",
              "--report-interval-ms", "300", "--verify-interval-ms", "1000",
              "--unhealthy-timeout-ms", "2000", "--delete-timeout-ms", "4000",
              "--expiry-tick-ms", "50", bind=a)

@@ -1,0 +1,474 @@
+//! Serving gRPC connections on a shard: h2c (HTTP/2 with prior knowledge)
+//! from hyperium `h2` over monoio's poll-io stream, one task for the
+//! connection and one per HTTP/2 stream, all on the core that accepted the
+//! connection. That core owns the connection's client record: what it
+//! published and what it subscribed (`Client`).
+
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::num::NonZeroU64;
+use std::rc::Rc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use bytes::Bytes;
+use h2::server::SendResponse;
+use h2::RecvStream;
+use monoio::io::CancelHandle;
+use monoio::net::{TcpListener, TcpStream};
+use serde_json::json;
+
+use super::codec;
+use super::naming::{self, Naming, RequestJson};
+use crate::shard::conn::{page_of, run_op, service_names};
+use crate::shard::{now_ms, ShardCtx};
+use crate::store::instance::InstanceAddr;
+use crate::store::service::ServiceId;
+use crate::store::Op;
+
+/// The unary service and the connection's stream (no proto package).
+pub const PATH_UNARY: &str = "/Request/request";
+pub const PATH_STREAM: &str = "/BiRequestStream/requestBiStream";
+/// HTTP/2 streams one connection may have open at once.
+const STREAMS_PER_CONNECTION_MAX: u32 = 256;
+/// gRPC status codes used here.
+const GRPC_OK: &str = "0";
+const GRPC_INVALID_ARGUMENT: &str = "3";
+const GRPC_RESOURCE_EXHAUSTED: &str = "8";
+const GRPC_UNIMPLEMENTED: &str = "12";
+
+/// Connection serials, node-wide (a tag never repeats while the node runs).
+static NEXT_SERIAL: AtomicU64 = AtomicU64::new(1);
+
+/// One connection's client record.
+pub struct Client {
+    /// `{millis}_{ip}_{port}`, as Nacos makes it.
+    pub id: String,
+    /// What the store binds this connection's instances to.
+    pub tag: NonZeroU64,
+    /// `ConnectionSetupRequest` arrived.
+    pub registered: bool,
+    /// Labelled `module=naming`: a naming client.
+    pub naming: bool,
+    /// Per service (full key): the service and the instances it published.
+    pub publishers: HashMap<String, (ServiceId, Vec<InstanceAddr>)>,
+    /// Per service (full key): the service and the clusters subscribed.
+    pub subscribed: HashMap<String, (ServiceId, String)>,
+}
+
+/// Caps of one shard's gRPC front end.
+#[derive(Debug, Clone, Copy)]
+pub struct GrpcLimits {
+    pub message_bytes_max: usize,
+}
+
+pub async fn accept_loop(ctx: Rc<ShardCtx>, listener: TcpListener, cancel: CancelHandle) {
+    loop {
+        match listener.cancelable_accept(cancel.clone()).await {
+            Ok((stream, peer)) => {
+                let open = ctx.shared.open_connections.fetch_add(1, Ordering::Relaxed);
+                if open >= ctx.shared.config.max_connections {
+                    ctx.shared.open_connections.fetch_sub(1, Ordering::Relaxed);
+                    drop(stream);
+                    continue;
+                }
+                let _ = stream.set_nodelay(true);
+                let ctx = ctx.clone();
+                monoio::spawn(async move {
+                    serve(&ctx, stream, peer).await;
+                    ctx.shared.open_connections.fetch_sub(1, Ordering::Relaxed);
+                });
+            }
+            Err(e) => {
+                if ctx.shared.shutdown.load(Ordering::Relaxed) {
+                    return;
+                }
+                tracing::warn!(shard = ctx.id, error = %e, "gRPC accept failed");
+                monoio::time::sleep(Duration::from_millis(10)).await;
+            }
+        }
+    }
+}
+
+async fn serve(ctx: &Rc<ShardCtx>, stream: TcpStream, peer: SocketAddr) {
+    let io = match stream.try_into_poll_io() {
+        Ok(io) => io,
+        Err((e, _)) => {
+            tracing::warn!(shard = ctx.id, error = %e, "gRPC stream refused poll-io");
+            return;
+        }
+    };
+    let handshake = h2::server::Builder::new()
+        .max_concurrent_streams(STREAMS_PER_CONNECTION_MAX)
+        .max_header_list_size(ctx.shared.config.header_bytes_max as u32)
+        .handshake::<_, Bytes>(io);
+    let idle = Duration::from_millis(ctx.shared.config.idle_timeout_ms);
+    let mut conn = match monoio::time::timeout(idle, handshake).await {
+        Ok(Ok(c)) => c,
+        Ok(Err(e)) => {
+            tracing::debug!(shard = ctx.id, %peer, error = %e, "not an HTTP/2 client");
+            return;
+        }
+        Err(_) => return,
+    };
+    let serial = NEXT_SERIAL.fetch_add(1, Ordering::Relaxed);
+    let client = Rc::new(RefCell::new(Client {
+        id: format!("{}_{}_{}", now_ms(), peer.ip(), peer.port()),
+        tag: NonZeroU64::new(serial).expect("serials start at 1"),
+        registered: false,
+        naming: false,
+        publishers: HashMap::new(),
+        subscribed: HashMap::new(),
+    }));
+    while let Some(next) = conn.accept().await {
+        let (req, respond) = match next {
+            Ok(x) => x,
+            Err(e) => {
+                tracing::debug!(shard = ctx.id, %peer, error = %e, "gRPC connection error");
+                break;
+            }
+        };
+        if ctx.shared.shutdown.load(Ordering::Relaxed) {
+            break;
+        }
+        let path = req.uri().path().to_string();
+        let body = req.into_body();
+        let ctx = ctx.clone();
+        let client = client.clone();
+        monoio::spawn(async move {
+            match path.as_str() {
+                PATH_UNARY => unary(&ctx, &client, body, respond).await,
+                PATH_STREAM => bi_stream(&ctx, &client, body, respond).await,
+                other => {
+                    let msg = format!("unknown gRPC method {other}");
+                    trailers_only(respond, GRPC_UNIMPLEMENTED, &msg);
+                }
+            }
+        });
+    }
+    // The transport is gone: the connection's instances go at once.
+    release_all(ctx, &client).await;
+}
+
+/// Removes every instance the connection published (where it is still
+/// the publisher), on each service's shard.
+async fn release_all(ctx: &Rc<ShardCtx>, client: &Rc<RefCell<Client>>) {
+    let (tag, publishers) = {
+        let mut c = client.borrow_mut();
+        (c.tag, std::mem::take(&mut c.publishers))
+    };
+    for (_, (svc, addrs)) in publishers {
+        let op = Op::Publish {
+            svc,
+            conn: tag,
+            specs: Vec::new(),
+            release: addrs,
+        };
+        let r = run_op(ctx, op, None).await;
+        if r.status != 200 {
+            tracing::warn!(
+                shard = ctx.id,
+                status = r.status,
+                "releasing a closed connection's instances failed"
+            );
+        }
+    }
+}
+
+fn grpc_headers() -> http::Response<()> {
+    http::Response::builder()
+        .status(200)
+        .header("content-type", "application/grpc")
+        .body(())
+        .expect("static response")
+}
+
+/// A response with no message: HEADERS carrying the grpc-status.
+fn trailers_only(mut respond: SendResponse<Bytes>, status: &str, message: &str) {
+    let resp = http::Response::builder()
+        .status(200)
+        .header("content-type", "application/grpc")
+        .header("grpc-status", status)
+        .header("grpc-message", sanitize(message))
+        .body(())
+        .expect("static response");
+    let _ = respond.send_response(resp, true);
+}
+
+/// grpc-message must be printable ASCII here (no percent-encoding needed).
+fn sanitize(m: &str) -> String {
+    m.chars()
+        .map(|c| {
+            if (' '..='~').contains(&c) && c != '%' {
+                c
+            } else {
+                '?'
+            }
+        })
+        .collect()
+}
+
+/// Reads the whole request body (a unary call: one message).
+async fn read_all(body: &mut RecvStream, max: usize) -> Result<Vec<u8>, (&'static str, String)> {
+    let mut buf = Vec::new();
+    while let Some(chunk) = body.data().await {
+        let chunk = chunk.map_err(|e| (GRPC_INVALID_ARGUMENT, e.to_string()))?;
+        let _ = body.flow_control().release_capacity(chunk.len());
+        if buf.len() + chunk.len() > max + 5 {
+            return Err((
+                GRPC_RESOURCE_EXHAUSTED,
+                format!("message over the limit of {max} bytes"),
+            ));
+        }
+        buf.extend_from_slice(&chunk);
+    }
+    Ok(buf)
+}
+
+async fn unary(
+    ctx: &Rc<ShardCtx>,
+    client: &Rc<RefCell<Client>>,
+    mut body: RecvStream,
+    mut respond: SendResponse<Bytes>,
+) {
+    let max = ctx.shared.config.grpc_message_bytes_max;
+    let mut buf = match read_all(&mut body, max).await {
+        Ok(b) => b,
+        Err((status, msg)) => return trailers_only(respond, status, &msg),
+    };
+    let msg = match codec::next_message(&mut buf, max) {
+        Ok(Some(m)) => m,
+        Ok(None) => {
+            return trailers_only(respond, GRPC_INVALID_ARGUMENT, "no complete gRPC message")
+        }
+        Err(codec::CodecError::TooLarge(..)) => {
+            return trailers_only(respond, GRPC_RESOURCE_EXHAUSTED, "message over the limit")
+        }
+        Err(e) => return trailers_only(respond, GRPC_INVALID_ARGUMENT, &e.to_string()),
+    };
+    let (kind, json) = match codec::decode(&msg) {
+        Ok(p) => handle(ctx, client, &p.kind, &p.body).await,
+        Err(e) => (
+            "ErrorResponse",
+            naming::error("", naming::BAD_GATEWAY, &format!("bad payload: {e}")),
+        ),
+    };
+    let Ok(mut send) = respond.send_response(grpc_headers(), false) else {
+        return;
+    };
+    let _ = send.send_data(Bytes::from(codec::encode_framed(kind, &json)), false);
+    let mut trailers = http::HeaderMap::new();
+    trailers.insert("grpc-status", http::HeaderValue::from_static(GRPC_OK));
+    let _ = send.send_trailers(trailers);
+}
+
+/// One unary request: (response type, JSON body).
+async fn handle(
+    ctx: &Rc<ShardCtx>,
+    client: &Rc<RefCell<Client>>,
+    kind: &str,
+    body: &[u8],
+) -> (&'static str, Vec<u8>) {
+    let r = match RequestJson::parse(body) {
+        Ok(r) => r,
+        Err(e) => return ("ErrorResponse", naming::error("", naming::BAD_GATEWAY, &e)),
+    };
+    let rid = r.request_id();
+    let fail = |code, msg: &str| ("ErrorResponse", naming::error(&rid, code, msg));
+    if kind == "ServerCheckRequest" {
+        let id = client.borrow().id.clone();
+        return (
+            "ServerCheckResponse",
+            naming::response(
+                &rid,
+                json!({"connectionId": id, "supportAbilityNegotiation": false}),
+            ),
+        );
+    }
+    let (registered, is_naming, tag) = {
+        let c = client.borrow();
+        (c.registered, c.naming, c.tag)
+    };
+    if !registered {
+        return fail(naming::UNREGISTERED, "Connection is unregistered.");
+    }
+    if kind == "HealthCheckRequest" {
+        return ("HealthCheckResponse", naming::response(&rid, json!({})));
+    }
+    let what = match naming::naming(kind, &r) {
+        Ok(w) => w,
+        Err((code, msg)) => return fail(code, &msg),
+    };
+    if !is_naming {
+        let id = client.borrow().id.clone();
+        return fail(
+            naming::BAD_REQUEST,
+            &format!("Client [{id}] connection has no naming client (module=naming in its setup)"),
+        );
+    }
+    match what {
+        Naming::Publish {
+            svc,
+            specs,
+            batch,
+            kind: t,
+        } => {
+            let key = svc.full_key().to_string();
+            let release = client
+                .borrow()
+                .publishers
+                .get(&key)
+                .map(|(_, a)| a.clone())
+                .unwrap_or_default();
+            let addrs: Vec<InstanceAddr> = specs.iter().map(|s| s.addr.clone()).collect();
+            let op = Op::Publish {
+                svc: svc.clone(),
+                conn: tag,
+                specs,
+                release,
+            };
+            let reply = run_op(ctx, op, None).await;
+            if reply.status != 200 {
+                return fail(
+                    u32::from(reply.status),
+                    &String::from_utf8_lossy(&reply.body),
+                );
+            }
+            {
+                let mut c = client.borrow_mut();
+                if addrs.is_empty() {
+                    c.publishers.remove(&key);
+                } else {
+                    c.publishers.insert(key, (svc, addrs));
+                }
+            }
+            let rtype = if batch {
+                "BatchInstanceResponse"
+            } else {
+                "InstanceResponse"
+            };
+            (rtype, naming::response(&rid, json!({"type": t})))
+        }
+        Naming::Persistent { op, kind: t } => {
+            let reply = run_op(ctx, op, None).await;
+            if reply.status != 200 {
+                return fail(
+                    u32::from(reply.status),
+                    &String::from_utf8_lossy(&reply.body),
+                );
+            }
+            (
+                "InstanceResponse",
+                naming::response(&rid, json!({"type": t})),
+            )
+        }
+        Naming::Query {
+            svc,
+            variant,
+            subscribe,
+        } => {
+            let clusters = variant.clusters.clone();
+            let op = Op::List {
+                svc: svc.clone(),
+                variant,
+            };
+            let reply = run_op(ctx, op, None).await;
+            if reply.status != 200 {
+                return fail(
+                    u32::from(reply.status),
+                    &String::from_utf8_lossy(&reply.body),
+                );
+            }
+            let info = naming::service_info(&reply.body, &svc, None);
+            match subscribe {
+                None => (
+                    "QueryServiceResponse",
+                    naming::response(&rid, json!({"serviceInfo": info})),
+                ),
+                Some(on) => {
+                    let key = svc.full_key().to_string();
+                    let mut c = client.borrow_mut();
+                    if on {
+                        c.subscribed.insert(key, (svc, clusters));
+                    } else {
+                        c.subscribed.remove(&key);
+                    }
+                    (
+                        "SubscribeServiceResponse",
+                        naming::response(&rid, json!({"serviceInfo": info, "message": "success"})),
+                    )
+                }
+            }
+        }
+        Naming::ServiceList {
+            namespace,
+            group,
+            page_no,
+            page_size,
+        } => match service_names(ctx, &namespace, &group).await {
+            Ok(names) => {
+                let (count, page) = page_of(&names, page_no, page_size);
+                (
+                    "ServiceListResponse",
+                    naming::response(&rid, json!({"count": count, "serviceNames": page})),
+                )
+            }
+            Err(reply) => fail(
+                u32::from(reply.status),
+                &String::from_utf8_lossy(&reply.body),
+            ),
+        },
+    }
+}
+
+/// The connection's stream: the client's `ConnectionSetupRequest`, its
+/// answers to our requests; kept open for pushes.
+async fn bi_stream(
+    ctx: &Rc<ShardCtx>,
+    client: &Rc<RefCell<Client>>,
+    mut body: RecvStream,
+    mut respond: SendResponse<Bytes>,
+) {
+    let max = ctx.shared.config.grpc_message_bytes_max;
+    let Ok(_send) = respond.send_response(grpc_headers(), false) else {
+        return;
+    };
+    let mut buf = Vec::new();
+    while let Some(chunk) = body.data().await {
+        let Ok(chunk) = chunk else { break };
+        let _ = body.flow_control().release_capacity(chunk.len());
+        buf.extend_from_slice(&chunk);
+        loop {
+            match codec::next_message(&mut buf, max) {
+                Ok(Some(msg)) => match codec::decode(&msg) {
+                    Ok(p) => on_stream_message(ctx, client, &p),
+                    Err(e) => {
+                        tracing::debug!(shard = ctx.id, error = %e, "bad payload on the stream")
+                    }
+                },
+                Ok(None) => break,
+                Err(e) => {
+                    tracing::debug!(shard = ctx.id, error = %e, "gRPC stream ends: unreadable message");
+                    return;
+                }
+            }
+        }
+    }
+}
+
+fn on_stream_message(ctx: &ShardCtx, client: &Rc<RefCell<Client>>, p: &codec::Payload) {
+    if p.kind == "ConnectionSetupRequest" {
+        let r = RequestJson::parse(&p.body).unwrap_or_default();
+        let module = r
+            .labels
+            .as_ref()
+            .and_then(|l| l.get("module"))
+            .and_then(|m| m.as_str())
+            .unwrap_or("");
+        let mut c = client.borrow_mut();
+        c.registered = true;
+        c.naming = module == "naming";
+        tracing::debug!(shard = ctx.id, conn = %c.id, module, "gRPC connection registered");
+    }
+}

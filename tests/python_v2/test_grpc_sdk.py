@@ -1,0 +1,200 @@
+"""nacos-sdk-python 3.2.0 (`v2`, gRPC) against the real binary, and raw
+gRPC calls (grpcio, which that client ships on) for bad input."""
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+
+import grpc
+import pytest
+
+from conftest import Node, client_config, eventually, run
+
+
+async def _service(node, namespace=""):
+    from v2.nacos import NacosNamingService
+    return await NacosNamingService.create_naming_service(client_config(node, namespace))
+
+
+def test_register_is_listed_to_http_clients_and_deregister_removes_it(node):
+    from v2.nacos import RegisterInstanceParam, DeregisterInstanceParam, ListServiceParam
+
+    async def go():
+        ns = await _service(node)
+        assert await ns.register_instance(RegisterInstanceParam(
+            service_name="orders", ip="10.0.0.5", port=8080, weight=2.5,
+            cluster_name="c1", metadata={"zone": "a"}))
+        v = node.http("/nacos/v1/ns/instance/list?serviceName=orders")
+        assert [(h["ip"], h["port"], h["weight"], h["clusterName"], h["metadata"], h["healthy"])
+                for h in v["hosts"]] == [("10.0.0.5", 8080, 2.5, "c1", {"zone": "a"}, True)]
+        svcs = await ns.list_services(ListServiceParam(page_no=1, page_size=10))
+        assert svcs.count == 1 and svcs.services == ["orders"]
+        assert await ns.deregister_instance(DeregisterInstanceParam(
+            service_name="orders", ip="10.0.0.5", port=8080, cluster_name="c1"))
+        assert node.hosts("orders") == []
+        await ns.shutdown()
+    run(go())
+
+
+def test_a_second_register_or_a_batch_replaces_the_connections_instances(node):
+    from v2.nacos import RegisterInstanceParam, BatchRegisterInstanceParam
+
+    async def go():
+        ns = await _service(node)
+        await ns.register_instance(RegisterInstanceParam(service_name="s", ip="10.0.0.1", port=1))
+        await ns.register_instance(RegisterInstanceParam(service_name="s", ip="10.0.0.2", port=2))
+        assert node.hosts("s") == [("10.0.0.2", 2)], "one publisher per (connection, service)"
+        await ns.batch_register_instances(BatchRegisterInstanceParam(service_name="s", instances=[
+            RegisterInstanceParam(service_name="s", ip="10.0.0.3", port=3),
+            RegisterInstanceParam(service_name="s", ip="10.0.0.4", port=4)]))
+        assert node.hosts("s") == [("10.0.0.3", 3), ("10.0.0.4", 4)]
+        # An HTTP-registered instance of the same service is another client's.
+        node.http("/nacos/v1/ns/instance?serviceName=s&ip=10.0.0.9&port=9", method="POST")
+        await ns.batch_register_instances(BatchRegisterInstanceParam(service_name="s", instances=[
+            RegisterInstanceParam(service_name="s", ip="10.0.0.5", port=5)]))
+        assert node.hosts("s") == [("10.0.0.5", 5), ("10.0.0.9", 9)]
+        await ns.shutdown()
+    run(go())
+    # (Checked outside the event loop: the client closes its channel there.)
+    assert eventually(lambda: node.hosts("s") == [("10.0.0.9", 9)]), "shutdown releases"
+
+
+def test_namespaces_and_groups_are_isolated(node):
+    from v2.nacos import RegisterInstanceParam, ListServiceParam
+
+    async def go():
+        dev = await _service(node, "dev")
+        pub = await _service(node, "")
+        await dev.register_instance(RegisterInstanceParam(service_name="x", group_name="G1", ip="10.1.0.1", port=1))
+        await pub.register_instance(RegisterInstanceParam(service_name="x", ip="10.2.0.1", port=1))
+        assert node.hosts("x", group="G1", namespace="dev") == [("10.1.0.1", 1)]
+        assert node.hosts("x") == [("10.2.0.1", 1)]
+        assert node.hosts("x", namespace="dev") == []
+        l = await dev.list_services(ListServiceParam(namespace_id="dev", group_name="G1", page_no=1, page_size=10))
+        assert l.services == ["x"]
+        await dev.shutdown()
+        await pub.shutdown()
+    run(go())
+
+
+def test_service_list_pages(node):
+    from v2.nacos import RegisterInstanceParam, ListServiceParam
+
+    async def go():
+        ns = await _service(node)
+        for i in range(5):
+            await ns.register_instance(RegisterInstanceParam(service_name=f"p{i}", ip="10.0.0.1", port=1))
+        pages = [await ns.list_services(ListServiceParam(page_no=p, page_size=2)) for p in (1, 2, 3, 4)]
+        assert [p.count for p in pages] == [5, 5, 5, 5]
+        assert [p.services for p in pages] == [["p0", "p1"], ["p2", "p3"], ["p4"], []]
+        await ns.shutdown()
+    run(go())
+
+
+CLIENT = textwrap.dedent("""
+    import asyncio, sys
+    sys.path.insert(0, {here!r})
+    from conftest import client_config
+    from v2.nacos import NacosNamingService, RegisterInstanceParam
+
+    class N: pass
+    n = N(); n.port = {port}; n.grpc_port = {grpc}
+    async def main():
+        ns = await NacosNamingService.create_naming_service(client_config(n))
+        await ns.register_instance(RegisterInstanceParam(service_name="killed", ip="10.9.0.1", port=1))
+        print("registered", flush=True)
+        await asyncio.sleep(60)
+    asyncio.run(main())
+""")
+
+
+def test_a_killed_client_process_loses_its_instances_at_once(node):
+    code = CLIENT.format(here=os.path.dirname(__file__), port=node.port, grpc=node.grpc_port)
+    p = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
+    try:
+        assert p.stdout.readline().strip() == "registered"
+        assert node.hosts("killed") == [("10.9.0.1", 1)]
+        p.send_signal(signal.SIGKILL)
+        p.wait(timeout=10)
+        # The kernel closes the socket; the node releases the instance.
+        assert eventually(lambda: node.hosts("killed") == [], timeout=5)
+    finally:
+        if p.poll() is None:
+            p.kill()
+
+
+# Raw calls: Payload built with the client's own generated protobuf code.
+def _payload(kind, body):
+    from v2.nacos.transport.grpcauto.nacos_grpc_service_pb2 import Payload, Metadata
+    from google.protobuf.any_pb2 import Any
+    raw = body if isinstance(body, bytes) else json.dumps(body).encode()
+    return Payload(metadata=Metadata(type=kind, clientIp="127.0.0.1"), body=Any(value=raw)).SerializeToString()
+
+
+def _parse(b):
+    from v2.nacos.transport.grpcauto.nacos_grpc_service_pb2 import Payload
+    p = Payload.FromString(b)
+    return p.metadata.type, json.loads(p.body.value)
+
+
+def test_raw_calls_unregistered_connections_and_bad_input(node):
+    ch = grpc.insecure_channel(f"127.0.0.1:{node.grpc_port}")
+    unary = ch.unary_unary("/Request/request")
+    kind, v = _parse(unary(_payload("ServerCheckRequest", {}), timeout=5))
+    assert kind == "ServerCheckResponse" and v["connectionId"] and v["errorCode"] == 0
+    # Before ConnectionSetupRequest: 301 for anything but the server check.
+    reg = {"type": "registerInstance", "serviceName": "raw", "instance": {"ip": "10.0.0.1", "port": 1}}
+    kind, v = _parse(unary(_payload("InstanceRequest", reg), timeout=5))
+    assert (kind, v["errorCode"], v["message"]) == ("ErrorResponse", 301, "Connection is unregistered.")
+    # Set the connection up on the stream, then wait until it counts.
+    import queue, threading
+    q = queue.Queue()
+    stream = ch.stream_stream("/BiRequestStream/requestBiStream")
+    setup = _payload("ConnectionSetupRequest", {"labels": {"module": "naming"}, "tenant": ""})
+    def gen():
+        yield setup
+        q.get()  # keep the stream open until the test ends
+    resp = stream(gen())
+    threading.Thread(target=lambda: [None for _ in resp], daemon=True).start()
+    assert eventually(lambda: _parse(unary(_payload("HealthCheckRequest", {}), timeout=5))[0] == "HealthCheckResponse")
+    bad = [
+        (_payload("NoSuchRequest", {}), 302),
+        (_payload("InstanceRequest", b"{not json"), 502),
+        (_payload("InstanceRequest", {"type": "registerInstance", "serviceName": "raw", "instance": {"port": 1}}), 400),
+        (_payload("InstanceRequest", {"type": "explode", "serviceName": "raw"}), 400),
+        (b"\xff\xff\xff", 502),
+    ]
+    for payload, code in bad:
+        kind, v = _parse(unary(payload, timeout=5))
+        assert (kind, v["errorCode"]) == ("ErrorResponse", code), v
+        assert isinstance(v["message"], str) and v["message"]
+    assert node.hosts("raw") == [], "nothing changed"
+    # Unknown method: UNIMPLEMENTED; the connection and the node survive.
+    with pytest.raises(grpc.RpcError) as e:
+        ch.unary_unary("/No/such")(b"", timeout=5)
+    assert e.value.code() == grpc.StatusCode.UNIMPLEMENTED
+    kind, v = _parse(unary(_payload("InstanceRequest", reg), timeout=5))
+    assert (kind, v["type"]) == ("InstanceResponse", "registerInstance")
+    assert node.hosts("raw") == [("10.0.0.1", 1)]
+    q.put(None)
+    ch.close()
+    assert eventually(lambda: node.hosts("raw") == []), "closing releases"
+
+
+def test_oversized_messages_are_refused():
+    n = Node("--cores", "1", "--grpc-message-bytes-max", "1000")
+    try:
+        ch = grpc.insecure_channel(f"127.0.0.1:{n.grpc_port}")
+        unary = ch.unary_unary("/Request/request")
+        with pytest.raises(grpc.RpcError) as e:
+            unary(_payload("ServerCheckRequest", {"pad": "x" * 5000}), timeout=5)
+        assert e.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+        # (grpcio sends small messages uncompressed even when asked to
+        # compress; the compressed flag's refusal is tested in codec.rs.)
+        kind, _ = _parse(unary(_payload("ServerCheckRequest", {}), timeout=5))
+        assert kind == "ServerCheckResponse", "the node still answers"
+        ch.close()
+    finally:
+        n.stop()
