@@ -20,6 +20,7 @@ pub const BAD_REQUEST: u32 = 400;
 pub const UNREGISTERED: u32 = 301;
 pub const NO_HANDLER: u32 = 302;
 pub const BAD_GATEWAY: u32 = 502;
+pub const OVER_THRESHOLD: u32 = 503;
 
 /// An instance as the clients send it; every field optional, nulls
 /// accepted.

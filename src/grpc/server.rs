@@ -55,6 +55,79 @@ pub struct Client {
     pub publishers: HashMap<String, (ServiceId, Vec<InstanceAddr>)>,
     /// Per service (full key): the service and the clusters subscribed.
     pub subscribed: HashMap<String, (ServiceId, String)>,
+    /// The connection's stream, once open: pushes are written to it.
+    pub stream: Option<h2::SendStream<Bytes>>,
+    /// Per service: the last `lastRefTime` sent, so that each answer and
+    /// push carries a larger one.
+    pub last_ref: HashMap<String, u64>,
+    /// Request ids of server pushes (strings on the wire).
+    pub next_push_id: u64,
+}
+
+impl Client {
+    /// A `lastRefTime` for `svc` above every one sent on this connection.
+    fn ref_time(&mut self, svc: &ServiceId, list_time: u64) -> u64 {
+        let last = self.last_ref.entry(svc.full_key().to_string()).or_insert(0);
+        *last = list_time.max(*last + 1);
+        *last
+    }
+}
+
+thread_local! {
+    /// This shard's open connections by serial, for pushes from the shards
+    /// that own the services they subscribed.
+    static CONNS: RefCell<HashMap<u64, std::rc::Weak<RefCell<Client>>>> =
+        RefCell::new(HashMap::new());
+}
+
+/// The `lastRefTime` of a list body.
+fn list_time(list_json: &[u8]) -> u64 {
+    serde_json::from_slice::<serde_json::Value>(list_json)
+        .ok()
+        .and_then(|v| v["lastRefTime"].as_u64())
+        .unwrap_or(0)
+}
+
+/// Delivers a push from a service's shard to a subscriber's connection:
+/// on this shard, or on the connection's own through its inbox.
+pub fn push_to(ctx: &ShardCtx, p: crate::push::state::GrpcPush) {
+    if p.to.shard == ctx.id {
+        deliver(&p);
+        return;
+    }
+    let shard = p.to.shard;
+    let msg = crate::shard::ShardMsg::Run(Box::new(move |_c: &ShardCtx| deliver(&p)));
+    ctx.stats().cross_core_sent.fetch_add(1, Ordering::Relaxed);
+    if ctx.shared.inboxes[shard].send(msg).is_err() {
+        ctx.stats().inbox_full.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+/// Writes a `NotifySubscriberRequest` on the connection's stream (on the
+/// shard that holds it).
+fn deliver(p: &crate::push::state::GrpcPush) {
+    let Some(client) = CONNS.with(|c| c.borrow().get(&p.to.conn).and_then(|w| w.upgrade())) else {
+        return; // closed since
+    };
+    let mut c = client.borrow_mut();
+    if !c.subscribed.contains_key(p.svc.full_key()) {
+        return;
+    }
+    let t = c.ref_time(&p.svc, list_time(&p.list_json));
+    c.next_push_id += 1;
+    let id = c.next_push_id.to_string();
+    let info = naming::service_info(&p.list_json, &p.svc, Some(t));
+    let body = serde_json::to_vec(&json!({
+        "headers": {},
+        "requestId": id,
+        "module": "naming",
+        "serviceInfo": info,
+    }))
+    .unwrap_or_default();
+    if let Some(stream) = c.stream.as_mut() {
+        let frame = codec::encode_framed("NotifySubscriberRequest", &body);
+        let _ = stream.send_data(Bytes::from(frame), false);
+    }
 }
 
 /// Caps of one shard's gRPC front end.
@@ -120,7 +193,11 @@ async fn serve(ctx: &Rc<ShardCtx>, stream: TcpStream, peer: SocketAddr) {
         naming: false,
         publishers: HashMap::new(),
         subscribed: HashMap::new(),
+        stream: None,
+        last_ref: HashMap::new(),
+        next_push_id: 0,
     }));
+    CONNS.with(|c| c.borrow_mut().insert(serial, Rc::downgrade(&client)));
     while let Some(next) = conn.accept().await {
         let (req, respond) = match next {
             Ok(x) => x,
@@ -147,8 +224,36 @@ async fn serve(ctx: &Rc<ShardCtx>, stream: TcpStream, peer: SocketAddr) {
             }
         });
     }
-    // The transport is gone: the connection's instances go at once.
+    // The transport is gone: the connection's instances go at once, and
+    // its subscriptions.
+    CONNS.with(|c| c.borrow_mut().remove(&serial));
     release_all(ctx, &client).await;
+    let subscribed = std::mem::take(&mut client.borrow_mut().subscribed);
+    for (_, (svc, clusters)) in subscribed {
+        let _ = subscribe_at_owner(ctx, svc, serial, clusters, false).await;
+    }
+}
+
+/// Records (or drops) the connection as a push subscriber of `svc` on the
+/// shard that owns the service.
+async fn subscribe_at_owner(
+    ctx: &Rc<ShardCtx>,
+    svc: ServiceId,
+    serial: u64,
+    clusters: String,
+    on: bool,
+) -> Result<bool, crate::reply::Reply> {
+    let owner = crate::shard::router::shard_of(svc.full_key(), ctx.shared.inboxes.len());
+    let sub = crate::push::state::GrpcSubscriber {
+        shard: ctx.id,
+        conn: serial,
+        clusters,
+    };
+    ctx.run_on(owner, move |c| {
+        let mut st = c.state.borrow_mut();
+        st.push.grpc_subscribe(&svc, sub, on)
+    })
+    .await
 }
 
 /// Removes every instance the connection published (where it is still
@@ -380,7 +485,8 @@ async fn handle(
                     &String::from_utf8_lossy(&reply.body),
                 );
             }
-            let info = naming::service_info(&reply.body, &svc, None);
+            let t = client.borrow_mut().ref_time(&svc, list_time(&reply.body));
+            let info = naming::service_info(&reply.body, &svc, Some(t));
             match subscribe {
                 None => (
                     "QueryServiceResponse",
@@ -388,6 +494,19 @@ async fn handle(
                 ),
                 Some(on) => {
                     let key = svc.full_key().to_string();
+                    let serial = tag.get();
+                    match subscribe_at_owner(ctx, svc.clone(), serial, clusters.clone(), on).await {
+                        Ok(true) => {}
+                        Ok(false) => {
+                            return fail(
+                                naming::OVER_THRESHOLD,
+                                "too many subscribers of this service",
+                            )
+                        }
+                        Err(r) => {
+                            return fail(u32::from(r.status), &String::from_utf8_lossy(&r.body))
+                        }
+                    }
                     let mut c = client.borrow_mut();
                     if on {
                         c.subscribed.insert(key, (svc, clusters));
@@ -431,9 +550,10 @@ async fn bi_stream(
     mut respond: SendResponse<Bytes>,
 ) {
     let max = ctx.shared.config.grpc_message_bytes_max;
-    let Ok(_send) = respond.send_response(grpc_headers(), false) else {
+    let Ok(send) = respond.send_response(grpc_headers(), false) else {
         return;
     };
+    client.borrow_mut().stream = Some(send);
     let mut buf = Vec::new();
     while let Some(chunk) = body.data().await {
         let Ok(chunk) = chunk else { break };

@@ -33,9 +33,30 @@ struct Subscriber {
     expires_ms: u64,
 }
 
+/// A gRPC (2.x) subscriber: a connection on some shard of this node.
+#[derive(Debug, Clone, PartialEq)]
+pub struct GrpcSubscriber {
+    /// The shard that holds the connection.
+    pub shard: usize,
+    /// The connection's serial (`grpc::server::Client::tag`).
+    pub conn: u64,
+    pub clusters: String,
+}
+
+/// A push for a gRPC subscriber: its connection and the list JSON.
+#[derive(Debug, Clone)]
+pub struct GrpcPush {
+    pub to: GrpcSubscriber,
+    pub svc: ServiceId,
+    pub list_json: Bytes,
+}
+
 struct Subscribed {
     svc: ServiceId,
     subscribers: Vec<Subscriber>,
+    /// 2.x subscribers: kept until they unsubscribe or their connection
+    /// closes (no TTL: the connection is the lease).
+    grpc: Vec<GrpcSubscriber>,
     /// When the coalesced push for the latest change is due.
     dirty_due_ms: Option<u64>,
 }
@@ -84,7 +105,49 @@ impl PushState {
     }
 
     pub fn subscriber_count(&self) -> usize {
-        self.services.values().map(|s| s.subscribers.len()).sum()
+        self.services
+            .values()
+            .map(|s| s.subscribers.len() + s.grpc.len())
+            .sum()
+    }
+
+    /// Adds (`on`) or removes a gRPC subscriber of `svc`; bounded by
+    /// `subscribers_per_service_max` (past it the subscription is refused:
+    /// returns false).
+    pub fn grpc_subscribe(&mut self, svc: &ServiceId, sub: GrpcSubscriber, on: bool) -> bool {
+        let max = self.config.subscribers_per_service_max;
+        if !on {
+            if let Some(s) = self.services.get_mut(svc.full_key()) {
+                s.grpc
+                    .retain(|g| !(g.shard == sub.shard && g.conn == sub.conn));
+                if s.grpc.is_empty() && s.subscribers.is_empty() {
+                    self.services.remove(svc.full_key());
+                }
+            }
+            return true;
+        }
+        let entry = self
+            .services
+            .entry(svc.full_key().to_string())
+            .or_insert_with(|| Subscribed {
+                svc: svc.clone(),
+                subscribers: Vec::new(),
+                grpc: Vec::new(),
+                dirty_due_ms: None,
+            });
+        if let Some(g) = entry
+            .grpc
+            .iter_mut()
+            .find(|g| g.shard == sub.shard && g.conn == sub.conn)
+        {
+            g.clusters = sub.clusters;
+            return true;
+        }
+        if entry.grpc.len() >= max {
+            return false;
+        }
+        entry.grpc.push(sub);
+        true
     }
 
     /// Registers or renews a subscriber (a list query with `udpPort`).
@@ -97,6 +160,7 @@ impl PushState {
             .or_insert_with(|| Subscribed {
                 svc: svc.clone(),
                 subscribers: Vec::new(),
+                grpc: Vec::new(),
                 dirty_due_ms: None,
             });
         if let Some(s) = entry
@@ -161,6 +225,7 @@ impl PushState {
         now_ms: u64,
         mut render: impl FnMut(&ServiceId, &str) -> Bytes,
         out: &mut Vec<Datagram>,
+        grpc_out: &mut Vec<GrpcPush>,
     ) -> DueCounts {
         let mut counts = DueCounts::default();
         let mut to_push = Vec::new();
@@ -168,12 +233,28 @@ impl PushState {
             s.subscribers.retain(|sub| sub.expires_ms > now_ms);
             if s.dirty_due_ms.is_some_and(|d| d <= now_ms) {
                 s.dirty_due_ms = None;
-                to_push.push((s.svc.clone(), s.subscribers.clone()));
+                to_push.push((s.svc.clone(), s.subscribers.clone(), s.grpc.clone()));
             }
-            !s.subscribers.is_empty()
+            !s.subscribers.is_empty() || !s.grpc.is_empty()
         });
-        for (svc, subscribers) in to_push {
+        for (svc, subscribers, grpc) in to_push {
             let mut rendered: Vec<(String, Bytes)> = Vec::new();
+            for g in grpc {
+                let json = match rendered.iter().find(|(c, _)| *c == g.clusters) {
+                    Some((_, j)) => j.clone(),
+                    None => {
+                        let j = render(&svc, &g.clusters);
+                        rendered.push((g.clusters.clone(), j.clone()));
+                        j
+                    }
+                };
+                grpc_out.push(GrpcPush {
+                    to: g,
+                    svc: svc.clone(),
+                    list_json: json,
+                });
+                counts.sent += 1;
+            }
             for sub in subscribers {
                 let json = match rendered.iter().find(|(c, _)| *c == sub.clusters) {
                     Some((_, j)) => j.clone(),
@@ -275,9 +356,9 @@ mod tests {
         p.changed(svc().full_key(), 20);
         let mut out = Vec::new();
         let render = |_: &ServiceId, _: &str| Bytes::from_static(b"{\"hosts\":[]}");
-        p.due(50, render, &mut out);
+        p.due(50, render, &mut out, &mut Vec::new());
         assert!(out.is_empty(), "not due before the delay");
-        let c = p.due(110, render, &mut out);
+        let c = p.due(110, render, &mut out, &mut Vec::new());
         assert_eq!(
             (c.sent, out.len()),
             (2, 2),
@@ -289,10 +370,10 @@ mod tests {
         let ack = format!(r#"{{"type":"push-ack","lastRefTime":"{id}","data":""}}"#);
         assert!(p.ack(out[0].addr, ack.as_bytes()));
         out.clear();
-        let c = p.due(1_200, render, &mut out);
+        let c = p.due(1_200, render, &mut out, &mut Vec::new());
         assert_eq!(c.retried, 1, "only the unacked push is resent");
         out.clear();
-        let c = p.due(3_000, render, &mut out);
+        let c = p.due(3_000, render, &mut out, &mut Vec::new());
         assert_eq!(c.retried, 0, "resent once only");
     }
 
@@ -305,9 +386,39 @@ mod tests {
         assert_eq!(p.subscriber_count(), 2);
         p.changed(svc().full_key(), 10_000);
         let mut out = Vec::new();
-        p.due(20_000, |_, _| Bytes::new(), &mut out);
+        p.due(20_000, |_, _| Bytes::new(), &mut out, &mut Vec::new());
         assert!(out.is_empty());
         assert_eq!(p.subscriber_count(), 0);
+    }
+
+    #[test]
+    fn grpc_subscribers_get_one_coalesced_push_until_they_leave() {
+        let mut p = PushState::new(cfg());
+        let g = |conn| GrpcSubscriber {
+            shard: 1,
+            conn,
+            clusters: String::new(),
+        };
+        assert!(p.grpc_subscribe(&svc(), g(7), true));
+        assert!(p.grpc_subscribe(&svc(), g(7), true), "again: no duplicate");
+        assert!(p.grpc_subscribe(&svc(), g(8), true));
+        assert!(!p.grpc_subscribe(&svc(), g(9), true), "bounded per service");
+        p.changed(svc().full_key(), 0);
+        p.changed(svc().full_key(), 5);
+        let (mut out, mut grpc) = (Vec::new(), Vec::new());
+        let c = p.due(100, |_, _| Bytes::from_static(b"{}"), &mut out, &mut grpc);
+        assert_eq!((c.sent, out.len(), grpc.len()), (2, 0, 2));
+        assert_eq!(grpc[0].to.conn, 7);
+        // They stay past the UDP subscriber TTL: the connection is the lease.
+        p.grpc_subscribe(&svc(), g(8), false);
+        p.changed(svc().full_key(), 50_000);
+        grpc.clear();
+        p.due(50_100, |_, _| Bytes::new(), &mut out, &mut grpc);
+        assert_eq!(grpc.len(), 1);
+        assert_eq!(grpc[0].to.conn, 7);
+        p.grpc_subscribe(&svc(), g(7), false);
+        assert_eq!(p.subscriber_count(), 0);
+        assert!(!p.has_subscribers());
     }
 
     #[test]

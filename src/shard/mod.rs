@@ -380,6 +380,7 @@ async fn tick_loop(ctx: Rc<ShardCtx>, udp: Rc<UdpSocket>, canceller: monoio::io:
     }
     let tick = Duration::from_millis(tick_ms.clamp(TICK_MS_MIN, TICK_MS_MAX));
     let mut out = Vec::new();
+    let mut grpc_out = Vec::new();
     let mut last_tick = now_ms();
     loop {
         monoio::time::sleep(tick).await;
@@ -435,12 +436,16 @@ async fn tick_loop(ctx: Rc<ShardCtx>, udp: Rc<UdpSocket>, canceller: monoio::io:
                     store.apply(op, now).reply.body
                 },
                 &mut out,
+                &mut grpc_out,
             );
             let s = ctx.stats();
             s.pushes_sent.fetch_add(counts.sent, Ordering::Relaxed);
             s.push_retries.fetch_add(counts.retried, Ordering::Relaxed);
             ctx.publish_counts(st);
             ctx.publish_gauges(st);
+        }
+        for p in grpc_out.drain(..) {
+            crate::grpc::server::push_to(&ctx, p);
         }
         for d in out.drain(..) {
             let (res, _) = udp.send_to(d.payload, d.addr).await;

@@ -198,3 +198,42 @@ def test_oversized_messages_are_refused():
         ch.close()
     finally:
         n.stop()
+
+
+def test_subscribers_are_pushed_changes_from_grpc_and_http_clients(node):
+    from v2.nacos import RegisterInstanceParam, SubscribeServiceParam
+    import asyncio
+
+    async def go():
+        seen = []
+
+        async def cb(instances):
+            seen.append(sorted((i.ip, i.port, i.healthy) for i in instances))
+
+        sub = await _service(node)
+        pub = await _service(node)
+        await sub.subscribe(SubscribeServiceParam(service_name="pushed", subscribe_callback=cb))
+        await pub.register_instance(RegisterInstanceParam(service_name="pushed", ip="10.5.0.1", port=1))
+
+        async def wait_for(want):
+            for _ in range(100):
+                if seen and seen[-1] == want:
+                    return True
+                await asyncio.sleep(0.05)
+            return False
+
+        assert await wait_for([("10.5.0.1", 1, True)]), seen
+        # A change through the 1.x HTTP API reaches the 2.x subscriber too.
+        await asyncio.to_thread(
+            node.http, "/nacos/v1/ns/instance?serviceName=pushed&ip=10.5.0.2&port=2", "POST")
+        assert await wait_for([("10.5.0.1", 1, True), ("10.5.0.2", 2, True)]), seen
+        await asyncio.to_thread(
+            node.http, "/nacos/v1/ns/instance?serviceName=pushed&ip=10.5.0.2&port=2&healthy=false", "PUT")
+        assert await wait_for([("10.5.0.1", 1, True), ("10.5.0.2", 2, False)]), \
+            f"unhealthy instances are pushed with healthy=false: {seen}"
+        await pub.shutdown()
+        # Alone and unhealthy, it is listed healthy: the protect threshold
+        # (0.0, as Nacos) is reached.
+        assert await wait_for([("10.5.0.2", 2, True)]), f"the publisher left: {seen}"
+        await sub.shutdown()
+    run(go())
