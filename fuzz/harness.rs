@@ -297,3 +297,94 @@ pub fn datum_batch(data: &[u8]) {
         );
     }
 }
+
+/// Target `grpc_payload`: bytes as a gRPC client sends them (a framed
+/// message) or as a bare `Payload`. Framing never hands out more than the
+/// limit; a payload that decodes encodes back to itself; its JSON body,
+/// read as each naming request, is either refused with an error response
+/// that parses, or turned into commands that the real `Store` applies
+/// without panicking (and a refused one changes nothing).
+pub fn grpc_payload(data: &[u8]) {
+    use distro_registry::grpc::{codec, naming};
+    const MAX: usize = 4096;
+    let mut buf = data.to_vec();
+    while let Ok(Some(m)) = codec::next_message(&mut buf, MAX) {
+        assert!(m.len() <= MAX);
+    }
+    let Ok(p) = codec::decode(data) else {
+        return;
+    };
+    assert_eq!(codec::decode(&codec::encode(&p)).as_ref(), Ok(&p));
+    let r = match naming::RequestJson::parse(&p.body) {
+        Ok(r) => r,
+        Err(e) => {
+            let body = naming::error("", naming::BAD_GATEWAY, &e);
+            serde_json::from_slice::<serde_json::Value>(&body).expect("error JSON");
+            return;
+        }
+    };
+    let conn = std::num::NonZeroU64::new(1).unwrap();
+    for kind in [
+        "InstanceRequest",
+        "BatchInstanceRequest",
+        "PersistentInstanceRequest",
+        "ServiceQueryRequest",
+        "SubscribeServiceRequest",
+        "ServiceListRequest",
+        p.kind.as_str(),
+    ] {
+        let mut store = seeded_store();
+        let before = fingerprint(&store);
+        match naming::naming(kind, &r) {
+            Err((code, msg)) => {
+                let body = naming::error(&r.request_id(), code, &msg);
+                serde_json::from_slice::<serde_json::Value>(&body).expect("error JSON");
+                assert_eq!(
+                    fingerprint(&store),
+                    before,
+                    "a refused request changed the store"
+                );
+            }
+            Ok(naming::Naming::Publish { svc, specs, .. }) => {
+                let n = specs.len();
+                let applied = store.apply(
+                    Op::Publish {
+                        svc: svc.clone(),
+                        conn,
+                        specs,
+                        release: Vec::new(),
+                    },
+                    NOW_MS,
+                );
+                assert_eq!(applied.reply.status, 200);
+                if n > 0 {
+                    assert!(store.service(svc.full_key()).is_some());
+                }
+            }
+            Ok(naming::Naming::Persistent { op, .. }) => {
+                let applied = store.apply(op, NOW_MS);
+                check_reply(
+                    applied.reply.status,
+                    applied.reply.is_json(),
+                    &applied.reply.body,
+                );
+            }
+            Ok(naming::Naming::Query { svc, variant, .. }) => {
+                let applied = store.apply(
+                    Op::List {
+                        svc: svc.clone(),
+                        variant,
+                    },
+                    NOW_MS,
+                );
+                let info = naming::service_info(&applied.reply.body, &svc, Some(NOW_MS));
+                assert_eq!(info["name"], svc.name());
+            }
+            Ok(naming::Naming::ServiceList {
+                page_no, page_size, ..
+            }) => {
+                assert!(page_no >= 1 && page_size >= 1);
+            }
+        }
+    }
+}

@@ -58,3 +58,8 @@ fn datum_batch_corpus() {
         assert!(decoded.is_ok(), "{}: {:?}", path.display(), decoded.err());
     }
 }
+
+#[test]
+fn grpc_payload_corpus() {
+    replay("grpc_payload", harness::grpc_payload);
+}
