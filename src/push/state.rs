@@ -126,15 +126,7 @@ impl PushState {
             }
             return true;
         }
-        let entry = self
-            .services
-            .entry(svc.full_key().to_string())
-            .or_insert_with(|| Subscribed {
-                svc: svc.clone(),
-                subscribers: Vec::new(),
-                grpc: Vec::new(),
-                dirty_due_ms: None,
-            });
+        let entry = self.entry(svc);
         if let Some(g) = entry
             .grpc
             .iter_mut()
@@ -150,19 +142,22 @@ impl PushState {
         true
     }
 
-    /// Registers or renews a subscriber (a list query with `udpPort`).
-    pub fn subscribe(&mut self, svc: &ServiceId, sub: Subscription, now_ms: u64) {
-        let max = self.config.subscribers_per_service_max;
-        let expires_ms = now_ms + self.config.subscriber_ttl_ms;
-        let entry = self
-            .services
+    fn entry(&mut self, svc: &ServiceId) -> &mut Subscribed {
+        self.services
             .entry(svc.full_key().to_string())
             .or_insert_with(|| Subscribed {
                 svc: svc.clone(),
                 subscribers: Vec::new(),
                 grpc: Vec::new(),
                 dirty_due_ms: None,
-            });
+            })
+    }
+
+    /// Registers or renews a subscriber (a list query with `udpPort`).
+    pub fn subscribe(&mut self, svc: &ServiceId, sub: Subscription, now_ms: u64) {
+        let max = self.config.subscribers_per_service_max;
+        let expires_ms = now_ms + self.config.subscriber_ttl_ms;
+        let entry = self.entry(svc);
         if let Some(s) = entry
             .subscribers
             .iter_mut()
