@@ -112,7 +112,7 @@ async fn load_part(ctx: Rc<ShardCtx>) {
                 }
                 Ok(r) if r.status == 503 => answers.push(Answer::Starting),
                 Ok(r) if r.status == 403 => {
-                    token_refused(shared, peer, "snapshot");
+                    apply_outcome(shared, peer, ReportOutcome::TokenRefused, "snapshot");
                     answers.push(Answer::Nothing);
                 }
                 Ok(r) => {
@@ -217,17 +217,24 @@ pub const TOKEN_REFUSED: &str =
     "this member refused our cluster token (403): every node of a cluster must be started \
      with the same --cluster-token";
 
-/// A peer answered 403 to a peer request: our token is not its token.
-/// Marks it DOWN with the reason; logs an error when it was not marked.
-fn token_refused(shared: &crate::cluster::ClusterShared, peer: &str, what: &str) {
-    let first = shared.with_members(|m| {
-        let first = !m.token_refused(peer);
-        m.report_outcome(peer, ReportOutcome::TokenRefused);
-        first
+/// Applies how a peer request to `peer` went to its member state, and
+/// logs an error when the peer newly refuses our cluster token (`what`
+/// names the request). Returns whether the healthy list changed, and it.
+fn apply_outcome(
+    shared: &crate::cluster::ClusterShared,
+    peer: &str,
+    outcome: ReportOutcome,
+    what: &str,
+) -> (bool, Vec<String>) {
+    let (newly_refused, changed, healthy) = shared.with_members(|m| {
+        let newly = outcome == ReportOutcome::TokenRefused && !m.token_refused(peer);
+        let changed = m.report_outcome(peer, outcome);
+        (newly, changed, m.healthy())
     });
-    if first {
+    if newly_refused {
         tracing::error!(%peer, request = what, "{TOKEN_REFUSED}");
     }
+    (changed, healthy)
 }
 
 /// Every `report_interval_ms`, this node's Member JSON to one other member,
@@ -255,17 +262,11 @@ async fn report_loop(ctx: &Rc<ShardCtx>) {
             let outcome = match &result {
                 Ok(r) if r.status == 200 => ReportOutcome::Accepted,
                 Ok(r) if r.status == 503 => ReportOutcome::Starting,
-                Ok(r) if r.status == 403 => {
-                    token_refused(shared, &target, "member report");
-                    ReportOutcome::TokenRefused
-                }
+                Ok(r) if r.status == 403 => ReportOutcome::TokenRefused,
                 Err(PeerError::Refused) => ReportOutcome::Refused,
                 _ => ReportOutcome::Failed,
             };
-            let (changed, healthy) = shared.with_members(|m| {
-                let changed = m.report_outcome(&target, outcome);
-                (changed, m.healthy())
-            });
+            let (changed, healthy) = apply_outcome(shared, &target, outcome, "member report");
             if changed {
                 tracing::info!(member = %target, ?outcome, ?healthy, "membership changed");
             } else if outcome != ReportOutcome::Accepted {
