@@ -377,7 +377,7 @@ pub fn grpc_payload(data: &[u8]) {
                     },
                     NOW_MS,
                 );
-                let info = naming::service_info(&applied.reply.body, &svc, Some(NOW_MS));
+                let info = naming::service_info(&applied.reply.body, &svc, |t| t);
                 assert_eq!(info["name"], svc.name());
             }
             Ok(naming::Naming::ServiceList {

@@ -309,9 +309,9 @@ pub fn error(request_id: &str, code: u32, message: &str) -> Vec<u8> {
 /// A 1.x list body (`store::render::list_json`) as a 2.x `ServiceInfo`:
 /// `name` is the plain name, `groupName` the group, hosts unchanged (each
 /// with `serviceName` = `group@@name`), `allIps` and an empty `checksum`
-/// added. `last_ref_time` replaces the list's own (strictly increasing per
-/// service on a connection).
-pub fn service_info(list_json: &[u8], svc: &ServiceId, last_ref_time: Option<u64>) -> Value {
+/// added. The `lastRefTime` sent is `ref_time(the list's own)` (the caller
+/// keeps it strictly increasing per service on a connection).
+pub fn service_info(list_json: &[u8], svc: &ServiceId, ref_time: impl FnOnce(u64) -> u64) -> Value {
     let mut v: Value = serde_json::from_slice(list_json).unwrap_or_else(|_| json!({}));
     if let Value::Object(m) = &mut v {
         m.insert("name".into(), json!(svc.name()));
@@ -322,9 +322,8 @@ pub fn service_info(list_json: &[u8], svc: &ServiceId, last_ref_time: Option<u64
         for k in ["dom", "useSpecifiedURL", "env", "allIPs"] {
             m.remove(k);
         }
-        if let Some(t) = last_ref_time {
-            m.insert("lastRefTime".into(), json!(t));
-        }
+        let own = m.get("lastRefTime").and_then(Value::as_u64).unwrap_or(0);
+        m.insert("lastRefTime".into(), json!(ref_time(own)));
         m.entry("hosts").or_insert(json!([]));
     }
     v
@@ -449,7 +448,10 @@ mod tests {
             },
             5,
         );
-        let v = service_info(&list, &svc, Some(42));
+        let v = service_info(&list, &svc, |own| {
+            assert_eq!(own, 5, "the list's own time is handed over");
+            42
+        });
         assert_eq!(v["name"], "orders");
         assert_eq!(v["groupName"], "G");
         assert_eq!(v["clusters"], "");

@@ -80,14 +80,6 @@ thread_local! {
         RefCell::new(HashMap::new());
 }
 
-/// The `lastRefTime` of a list body.
-fn list_time(list_json: &[u8]) -> u64 {
-    serde_json::from_slice::<serde_json::Value>(list_json)
-        .ok()
-        .and_then(|v| v["lastRefTime"].as_u64())
-        .unwrap_or(0)
-}
-
 /// Delivers a push from a service's shard to a subscriber's connection:
 /// on this shard, or on the connection's own through its inbox.
 pub fn push_to(ctx: &ShardCtx, p: crate::push::state::GrpcPush) {
@@ -113,10 +105,9 @@ fn deliver(p: &crate::push::state::GrpcPush) {
     if !c.subscribed.contains_key(p.svc.full_key()) {
         return;
     }
-    let t = c.ref_time(&p.svc, list_time(&p.list_json));
+    let info = naming::service_info(&p.list_json, &p.svc, |t| c.ref_time(&p.svc, t));
     c.next_push_id += 1;
     let id = c.next_push_id.to_string();
-    let info = naming::service_info(&p.list_json, &p.svc, Some(t));
     let body = serde_json::to_vec(&json!({
         "headers": {},
         "requestId": id,
@@ -128,12 +119,6 @@ fn deliver(p: &crate::push::state::GrpcPush) {
         let frame = codec::encode_framed("NotifySubscriberRequest", &body);
         let _ = stream.send_data(Bytes::from(frame), false);
     }
-}
-
-/// Caps of one shard's gRPC front end.
-#[derive(Debug, Clone, Copy)]
-pub struct GrpcLimits {
-    pub message_bytes_max: usize,
 }
 
 pub async fn accept_loop(ctx: Rc<ShardCtx>, listener: TcpListener, cancel: CancelHandle) {
@@ -381,6 +366,9 @@ async fn handle(
     };
     let rid = r.request_id();
     let fail = |code, msg: &str| ("ErrorResponse", naming::error(&rid, code, msg));
+    // A store or shard refusal: its status and text as the error.
+    let refused =
+        |r: &crate::reply::Reply| fail(u32::from(r.status), &String::from_utf8_lossy(&r.body));
     if kind == "ServerCheckRequest" {
         let id = client.borrow().id.clone();
         return (
@@ -435,10 +423,7 @@ async fn handle(
             };
             let reply = run_op(ctx, op, None).await;
             if reply.status != 200 {
-                return fail(
-                    u32::from(reply.status),
-                    &String::from_utf8_lossy(&reply.body),
-                );
+                return refused(&reply);
             }
             {
                 let mut c = client.borrow_mut();
@@ -458,10 +443,7 @@ async fn handle(
         Naming::Persistent { op, kind: t } => {
             let reply = run_op(ctx, op, None).await;
             if reply.status != 200 {
-                return fail(
-                    u32::from(reply.status),
-                    &String::from_utf8_lossy(&reply.body),
-                );
+                return refused(&reply);
             }
             (
                 "InstanceResponse",
@@ -480,13 +462,10 @@ async fn handle(
             };
             let reply = run_op(ctx, op, None).await;
             if reply.status != 200 {
-                return fail(
-                    u32::from(reply.status),
-                    &String::from_utf8_lossy(&reply.body),
-                );
+                return refused(&reply);
             }
-            let t = client.borrow_mut().ref_time(&svc, list_time(&reply.body));
-            let info = naming::service_info(&reply.body, &svc, Some(t));
+            let info =
+                naming::service_info(&reply.body, &svc, |t| client.borrow_mut().ref_time(&svc, t));
             match subscribe {
                 None => (
                     "QueryServiceResponse",
@@ -503,9 +482,7 @@ async fn handle(
                                 "too many subscribers of this service",
                             )
                         }
-                        Err(r) => {
-                            return fail(u32::from(r.status), &String::from_utf8_lossy(&r.body))
-                        }
+                        Err(r) => return refused(&r),
                     }
                     let mut c = client.borrow_mut();
                     if on {
@@ -533,10 +510,7 @@ async fn handle(
                     naming::response(&rid, json!({"count": count, "serviceNames": page})),
                 )
             }
-            Err(reply) => fail(
-                u32::from(reply.status),
-                &String::from_utf8_lossy(&reply.body),
-            ),
+            Err(reply) => refused(&reply),
         },
     }
 }
