@@ -15,8 +15,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use h2::server::SendResponse;
 use h2::RecvStream;
-use monoio::io::CancelHandle;
-use monoio::net::{TcpListener, TcpStream};
+use monoio::net::TcpStream;
 use serde_json::json;
 
 use super::codec;
@@ -121,35 +120,9 @@ fn deliver(p: &crate::push::state::GrpcPush) {
     }
 }
 
-pub async fn accept_loop(ctx: Rc<ShardCtx>, listener: TcpListener, cancel: CancelHandle) {
-    loop {
-        match listener.cancelable_accept(cancel.clone()).await {
-            Ok((stream, peer)) => {
-                let open = ctx.shared.open_connections.fetch_add(1, Ordering::Relaxed);
-                if open >= ctx.shared.config.max_connections {
-                    ctx.shared.open_connections.fetch_sub(1, Ordering::Relaxed);
-                    drop(stream);
-                    continue;
-                }
-                let _ = stream.set_nodelay(true);
-                let ctx = ctx.clone();
-                monoio::spawn(async move {
-                    serve(&ctx, stream, peer).await;
-                    ctx.shared.open_connections.fetch_sub(1, Ordering::Relaxed);
-                });
-            }
-            Err(e) => {
-                if ctx.shared.shutdown.load(Ordering::Relaxed) {
-                    return;
-                }
-                tracing::warn!(shard = ctx.id, error = %e, "gRPC accept failed");
-                monoio::time::sleep(Duration::from_millis(10)).await;
-            }
-        }
-    }
-}
-
-async fn serve(ctx: &Rc<ShardCtx>, stream: TcpStream, peer: SocketAddr) {
+/// Serves one accepted gRPC connection until it closes (accepted by
+/// `shard::conn::accept_loop`).
+pub async fn serve(ctx: &Rc<ShardCtx>, stream: TcpStream, peer: SocketAddr) {
     let io = match stream.try_into_poll_io() {
         Ok(io) => io,
         Err((e, _)) => {

@@ -27,23 +27,57 @@ const ZERO_COPY_BODY_MIN_BYTES: usize = 64 * 1024;
 /// Read buffer grows by at least this much before a read.
 const READ_CHUNK_BYTES: usize = 16 * 1024;
 
-pub async fn accept_loop(ctx: Rc<ShardCtx>, listener: TcpListener, cancel: CancelHandle) {
+/// Which front end a listener serves.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Front {
+    /// The 1.x HTTP API (this module).
+    Http,
+    /// The 2.x/3.x gRPC protocol (`grpc::server`).
+    Grpc,
+}
+
+/// Accepts connections until shutdown; both front ends count against the
+/// node's one `max_connections`.
+pub async fn accept_loop(
+    ctx: Rc<ShardCtx>,
+    listener: TcpListener,
+    cancel: CancelHandle,
+    front: Front,
+) {
     loop {
         match listener.cancelable_accept(cancel.clone()).await {
             Ok((stream, peer)) => {
                 let open = ctx.shared.open_connections.fetch_add(1, Ordering::Relaxed);
                 if open >= ctx.shared.config.max_connections {
-                    monoio::spawn(refuse(ctx.clone(), stream));
+                    match front {
+                        Front::Http => {
+                            monoio::spawn(refuse(ctx.clone(), stream));
+                        }
+                        // gRPC has no answer before the HTTP/2 preface: close.
+                        Front::Grpc => {
+                            ctx.shared.open_connections.fetch_sub(1, Ordering::Relaxed);
+                        }
+                    }
                     continue;
                 }
                 let _ = stream.set_nodelay(true);
-                monoio::spawn(serve(ctx.clone(), stream, peer));
+                let ctx = ctx.clone();
+                monoio::spawn(async move {
+                    match front {
+                        Front::Http => {
+                            let mut stream = stream;
+                            serve_inner(&ctx, &mut stream, peer).await
+                        }
+                        Front::Grpc => crate::grpc::server::serve(&ctx, stream, peer).await,
+                    }
+                    ctx.shared.open_connections.fetch_sub(1, Ordering::Relaxed);
+                });
             }
             Err(e) => {
                 if ctx.shared.shutdown.load(Ordering::Relaxed) {
                     return;
                 }
-                tracing::warn!(shard = ctx.id, error = %e, "accept failed");
+                tracing::warn!(shard = ctx.id, ?front, error = %e, "accept failed");
                 monoio::time::sleep(Duration::from_millis(10)).await;
             }
         }
@@ -57,11 +91,6 @@ async fn refuse(ctx: Rc<ShardCtx>, mut stream: TcpStream) {
     response::write(&mut out, &reply, false, false);
     let _ = stream.write_all(out).await;
     ctx.stats().record(Endpoint::Invalid, 503, 0);
-    ctx.shared.open_connections.fetch_sub(1, Ordering::Relaxed);
-}
-
-async fn serve(ctx: Rc<ShardCtx>, mut stream: TcpStream, peer: SocketAddr) {
-    serve_inner(&ctx, &mut stream, peer).await;
     ctx.shared.open_connections.fetch_sub(1, Ordering::Relaxed);
 }
 

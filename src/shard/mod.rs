@@ -306,10 +306,11 @@ async fn shard_main(
     if let Some(g) = grpc {
         match monoio::net::TcpListener::from_std(g) {
             Ok(g) => {
-                monoio::spawn(crate::grpc::server::accept_loop(
+                monoio::spawn(conn::accept_loop(
                     ctx.clone(),
                     g,
                     handle.clone(),
+                    conn::Front::Grpc,
                 ));
             }
             Err(e) => {
@@ -318,7 +319,7 @@ async fn shard_main(
             }
         }
     }
-    conn::accept_loop(ctx.clone(), listener, handle).await;
+    conn::accept_loop(ctx.clone(), listener, handle, conn::Front::Http).await;
     // Stop accepting happened above; let in-flight requests finish: those
     // of every shard, since another shard's request may still need this
     // shard's inbox to be answered.
