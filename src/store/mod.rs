@@ -339,8 +339,15 @@ impl Store {
         }
     }
 
-    /// Inserts or replaces an instance.
-    fn put(&mut self, svc: &ServiceId, spec: InstanceSpec, now_ms: u64) {
+    /// Inserts or replaces an instance; `conn`: the gRPC connection that
+    /// publishes it (None: registered over HTTP, kept by beats).
+    fn put(
+        &mut self,
+        svc: &ServiceId,
+        spec: InstanceSpec,
+        conn: Option<std::num::NonZeroU64>,
+        now_ms: u64,
+    ) {
         let defaults = self.defaults;
         let version = self.next_version(now_ms);
         self.service_tombstones.remove(svc.full_key());
@@ -365,7 +372,7 @@ impl Store {
             timeouts,
             timer_armed,
             version,
-            conn: None,
+            conn,
         };
         let svc_key = s.key.clone();
         Self::arm(&mut self.timers, &svc_key, &mut inst);
@@ -431,7 +438,15 @@ impl Store {
         if s.instances.get(key.as_str()).and_then(|i| i.conn) != Some(conn) {
             return false;
         }
-        let Some(inst) = s.instances.remove(key.as_str()) else {
+        self.remove_instance(svc, &key, now_ms)
+    }
+
+    /// Removes an instance and leaves its tombstone; false when absent.
+    fn remove_instance(&mut self, svc: &ServiceId, key: &str, now_ms: u64) -> bool {
+        let Some(s) = self.services.get_mut(svc.full_key()) else {
+            return false;
+        };
+        let Some(inst) = s.instances.remove(key) else {
             return false;
         };
         self.instances -= 1;
@@ -453,7 +468,7 @@ impl Store {
         };
         match op {
             Op::Register { svc, spec } => {
-                self.put(&svc, spec, now_ms);
+                self.put(&svc, spec, None, now_ms);
                 changed(Reply::ok())
             }
             Op::Update {
@@ -480,7 +495,7 @@ impl Store {
                     ephemeral: change.ephemeral.unwrap_or(true),
                     metadata: change.metadata.unwrap_or_default(),
                 };
-                self.put(&svc, spec, now_ms);
+                self.put(&svc, spec, None, now_ms);
                 changed(Reply::ok())
             }
             Op::Patch { svc, addr, change } => {
@@ -497,16 +512,12 @@ impl Store {
                     let s = self.service_mut(&svc, now_ms);
                     s.hidden = true;
                 }
+                if self.remove_instance(&svc, &addr.key(), now_ms) {
+                    return changed(Reply::ok());
+                }
                 let Some(s) = self.services.get_mut(svc.full_key()) else {
                     return unchanged(Reply::ok());
                 };
-                if let Some(inst) = s.instances.remove(addr.key().as_str()) {
-                    self.instances -= 1;
-                    s.touch(now_ms);
-                    let svc_key = s.key.clone();
-                    self.bury(&svc_key, inst.key, now_ms);
-                    return changed(Reply::ok());
-                }
                 // Unknown here, perhaps not yet replicated here: a tombstone
                 // all the same, so that an older copy arriving later does
                 // not bring the instance back (found by the simulation).
@@ -530,15 +541,7 @@ impl Store {
                     any |= self.release(&svc, &addr, conn, now_ms);
                 }
                 for spec in specs {
-                    let key = spec.addr.key();
-                    self.put(&svc, spec, now_ms);
-                    if let Some(inst) = self
-                        .services
-                        .get_mut(svc.full_key())
-                        .and_then(|s| s.instances.get_mut(key.as_str()))
-                    {
-                        inst.conn = Some(conn);
-                    }
+                    self.put(&svc, spec, Some(conn), now_ms);
                     any = true;
                 }
                 Applied {
@@ -692,7 +695,7 @@ impl Store {
                     ephemeral: b.ephemeral,
                     metadata: b.metadata,
                 };
-                self.put(&svc, spec, now_ms);
+                self.put(&svc, spec, None, now_ms);
                 Applied {
                     reply: beat_reply(10200, interval),
                     changed: true,
