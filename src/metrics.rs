@@ -30,6 +30,9 @@ pub struct ShardStats {
     pub pushes_sent: AtomicU64,
     pub push_acks: AtomicU64,
     pub push_retries: AtomicU64,
+    /// gRPC pushes dropped: the connection had `PUSHES_UNACKED_MAX` pushes
+    /// unanswered.
+    pub grpc_pushes_dropped: AtomicU64,
     /// Requests this shard handed to another shard.
     pub cross_core_sent: AtomicU64,
     /// Requests refused because the target inbox was full.
@@ -82,6 +85,7 @@ impl Default for ShardStats {
             pushes_sent: AtomicU64::new(0),
             push_acks: AtomicU64::new(0),
             push_retries: AtomicU64::new(0),
+            grpc_pushes_dropped: AtomicU64::new(0),
             cross_core_sent: AtomicU64::new(0),
             inbox_full: AtomicU64::new(0),
             timers_armed: AtomicU64::new(0),
@@ -153,7 +157,7 @@ pub fn render(shards: &[ShardStats], inbox_depth: &[usize], open_connections: us
         "Open client connections (HTTP).",
     );
     let _ = writeln!(o, "registry_open_connections {open_connections}");
-    let counters: [(&str, &str, Field); 14] = [
+    let counters: [(&str, &str, Field); 15] = [
         (
             "registry_forwarded_total",
             "Writes forwarded to the service's owner node.",
@@ -213,6 +217,11 @@ pub fn render(shards: &[ShardStats], inbox_depth: &[usize], open_connections: us
             "registry_push_retries_total",
             "UDP pushes resent after no acknowledgement.",
             |s| &s.push_retries,
+        ),
+        (
+            "registry_grpc_pushes_dropped_total",
+            "gRPC pushes not sent: the connection left too many earlier ones unanswered.",
+            |s| &s.grpc_pushes_dropped,
         ),
         (
             "registry_cross_core_requests_total",

@@ -29,6 +29,11 @@ use crate::store::Op;
 /// The unary service and the connection's stream (no proto package).
 pub const PATH_UNARY: &str = "/Request/request";
 pub const PATH_STREAM: &str = "/BiRequestStream/requestBiStream";
+/// Pushes written to a connection and not yet answered; past it pushes to
+/// that connection are dropped (counted in
+/// `registry_grpc_pushes_dropped_total`), so that a stalled client cannot
+/// grow the node's send buffers.
+pub const PUSHES_UNACKED_MAX: u64 = 64;
 /// HTTP/2 streams one connection may have open at once.
 const STREAMS_PER_CONNECTION_MAX: u32 = 256;
 /// gRPC status codes used here.
@@ -61,6 +66,8 @@ pub struct Client {
     pub last_ref: HashMap<String, u64>,
     /// Request ids of server pushes (strings on the wire).
     pub next_push_id: u64,
+    /// Pushes written and not yet answered (`NotifySubscriberResponse`).
+    pub unacked: u64,
 }
 
 impl Client {
@@ -83,11 +90,11 @@ thread_local! {
 /// on this shard, or on the connection's own through its inbox.
 pub fn push_to(ctx: &ShardCtx, p: crate::push::state::GrpcPush) {
     if p.to.shard == ctx.id {
-        deliver(&p);
+        deliver(ctx, &p);
         return;
     }
     let shard = p.to.shard;
-    let msg = crate::shard::ShardMsg::Run(Box::new(move |_c: &ShardCtx| deliver(&p)));
+    let msg = crate::shard::ShardMsg::Run(Box::new(move |c: &ShardCtx| deliver(c, &p)));
     ctx.stats().cross_core_sent.fetch_add(1, Ordering::Relaxed);
     if ctx.shared.inboxes[shard].send(msg).is_err() {
         ctx.stats().inbox_full.fetch_add(1, Ordering::Relaxed);
@@ -96,7 +103,7 @@ pub fn push_to(ctx: &ShardCtx, p: crate::push::state::GrpcPush) {
 
 /// Writes a `NotifySubscriberRequest` on the connection's stream (on the
 /// shard that holds it).
-fn deliver(p: &crate::push::state::GrpcPush) {
+fn deliver(ctx: &ShardCtx, p: &crate::push::state::GrpcPush) {
     let Some(client) = CONNS.with(|c| c.borrow().get(&p.to.conn).and_then(|w| w.upgrade())) else {
         return; // closed since
     };
@@ -104,6 +111,14 @@ fn deliver(p: &crate::push::state::GrpcPush) {
     if !c.subscribed.contains_key(p.svc.full_key()) {
         return;
     }
+    if c.unacked >= PUSHES_UNACKED_MAX {
+        // A client that does not answer gets nothing more buffered for it.
+        ctx.stats()
+            .grpc_pushes_dropped
+            .fetch_add(1, Ordering::Relaxed);
+        return;
+    }
+    c.unacked += 1;
     let info = naming::service_info(&p.list_json, &p.svc, |t| c.ref_time(&p.svc, t));
     c.next_push_id += 1;
     let id = c.next_push_id.to_string();
@@ -154,6 +169,7 @@ pub async fn serve(ctx: &Rc<ShardCtx>, stream: TcpStream, peer: SocketAddr) {
         stream: None,
         last_ref: HashMap::new(),
         next_push_id: 0,
+        unacked: 0,
     }));
     CONNS.with(|c| c.borrow_mut().insert(serial, Rc::downgrade(&client)));
     while let Some(next) = conn.accept().await {
@@ -525,6 +541,12 @@ async fn bi_stream(
 }
 
 fn on_stream_message(ctx: &ShardCtx, client: &Rc<RefCell<Client>>, p: &codec::Payload) {
+    if p.kind == "NotifySubscriberResponse" {
+        let mut c = client.borrow_mut();
+        c.unacked = c.unacked.saturating_sub(1);
+        ctx.stats().push_acks.fetch_add(1, Ordering::Relaxed);
+        return;
+    }
     if p.kind == "ConnectionSetupRequest" {
         let r = RequestJson::parse(&p.body).unwrap_or_default();
         let module = r

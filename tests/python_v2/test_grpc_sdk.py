@@ -245,3 +245,58 @@ def test_subscribers_are_pushed_changes_from_grpc_and_http_clients(node):
         assert await wait_for([("10.5.0.2", 2, True)]), f"the publisher left: {seen}"
         await sub.shutdown()
     run(go())
+    # The SDK answers every push: none was dropped.
+    assert _metric(node, "registry_grpc_pushes_dropped_total") == 0
+
+
+def _metric(node, name):
+    for line in node.http("/metrics").splitlines():
+        if line.startswith(name + " "):
+            return int(line.split()[1])
+    raise AssertionError(f"no {name}")
+
+
+def test_pushes_to_a_client_that_never_answers_are_bounded():
+    """A subscriber that never acks gets PUSHES_UNACKED_MAX (64) pushes,
+    then nothing more is buffered for it; the drops are counted."""
+    import queue
+    import threading
+    import time
+    n = Node("--cores", "2", "--push-delay-ms", "10", "--expiry-tick-ms", "10")
+    try:
+        ch = grpc.insecure_channel(f"127.0.0.1:{n.grpc_port}")
+        unary = ch.unary_unary("/Request/request")
+        q = queue.Queue()
+        setup = _payload("ConnectionSetupRequest", {"labels": {"module": "naming"}})
+
+        def gen():
+            yield setup
+            q.get()  # never answers a push
+
+        resp = ch.stream_stream("/BiRequestStream/requestBiStream")(gen())
+        got = []
+
+        def drain():
+            try:
+                for m in resp:
+                    got.append(_parse(m)[0])
+            except grpc.RpcError:
+                pass
+
+        threading.Thread(target=drain, daemon=True).start()
+        assert eventually(lambda: _parse(unary(_payload("HealthCheckRequest", {}), timeout=5))[0]
+                          == "HealthCheckResponse")
+        kind, v = _parse(unary(_payload("SubscribeServiceRequest",
+                                        {"serviceName": "bounded", "subscribe": True}), timeout=5))
+        assert kind == "SubscribeServiceResponse", v
+        for i in range(100):
+            n.http(f"/nacos/v1/ns/instance?serviceName=bounded&ip=10.7.0.{i + 1}&port=1", method="POST")
+            time.sleep(0.03)
+        assert eventually(lambda: _metric(n, "registry_grpc_pushes_dropped_total") > 0), \
+            f"{len(got)} pushes received"
+        time.sleep(0.3)
+        assert got.count("NotifySubscriberRequest") == 64, got[-3:]
+        q.put(None)
+        ch.close()
+    finally:
+        n.stop()
