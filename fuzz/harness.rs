@@ -323,7 +323,11 @@ pub fn grpc_payload(data: &[u8]) {
             return;
         }
     };
-    let conn = std::num::NonZeroU64::new(1).unwrap();
+    let conn = std::sync::Arc::new(distro_registry::store::instance::Lease {
+        holder: String::new(),
+        boot: 0,
+        serial: 1,
+    });
     for kind in [
         "InstanceRequest",
         "BatchInstanceRequest",
@@ -350,7 +354,7 @@ pub fn grpc_payload(data: &[u8]) {
                 let applied = store.apply(
                     Op::Publish {
                         svc: svc.clone(),
-                        conn,
+                        conn: conn.clone(),
                         specs,
                         release: Vec::new(),
                     },

@@ -138,6 +138,7 @@ pub fn run(config: Config) -> Result<(), ServerError> {
         stats: (0..cores).map(|_| ShardStats::default()).collect(),
         open_connections: AtomicUsize::new(0),
         shutdown: AtomicBool::new(false),
+        boot_ms: crate::shard::now_ms(),
     });
     watch_signals(shared.clone())?;
     let mut threads = Vec::with_capacity(cores);

@@ -11,12 +11,14 @@ use serde::{Deserialize, Serialize};
 
 use super::client::{PeerClient, PeerRequest};
 use super::{ClusterShared, View, WRITER_SHARD_BITS};
+use crate::distro::leases::{HolderWatch, LEASE_HOLDER_GRACE_MS};
 use crate::distro::tasks::{TaskConfig, TaskMap};
 use crate::distro::verify::keys_to_fetch;
 use crate::reply::Reply;
 use crate::shard::{now_ms, ShardCtx};
 use crate::store::datum::Datum;
 use crate::store::instance::InstanceAddr;
+use crate::store::instance::LeasePolicy;
 use crate::store::service::ServiceId;
 use crate::store::Op;
 
@@ -62,6 +64,9 @@ pub struct ShardCluster {
     relay_flushed_ms: u64,
     /// Failed replication sends in a row, per peer (the backoff exponent).
     peer_failures: HashMap<String, u32>,
+    /// Since when members are out of the healthy list (for the leases of
+    /// the connections they hold).
+    holders: HolderWatch,
 }
 
 /// What a clustered shard holds besides its store.
@@ -85,6 +90,7 @@ impl ClusterCtx {
                 relay: HashMap::new(),
                 relay_flushed_ms: 0,
                 peer_failures: HashMap::new(),
+                holders: HolderWatch::default(),
             }),
             client: PeerClient::new(shared.token()),
             verifying: RefCell::new(HashSet::new()),
@@ -302,6 +308,44 @@ impl ShardCtx {
         merged
     }
 
+    /// Retires the instances of connections whose holder is gone (or is
+    /// this node's earlier incarnation), and replicates again what merges
+    /// re-versioned for this node's live connections.
+    fn apply_lease_policy(&self, now_ms: u64) {
+        let (Some(shared), Some(cl)) = (&self.shared.cluster, &self.cluster) else {
+            return;
+        };
+        let policy = {
+            let mut st = cl.state.borrow_mut();
+            let st = &mut *st;
+            st.holders.observe(&shared.all, &st.view.healthy, now_ms);
+            LeasePolicy {
+                me: shared.me.clone(),
+                boot: self.shared.boot_ms,
+                members: shared.all.clone(),
+                gone: st.holders.gone(now_ms, LEASE_HOLDER_GRACE_MS),
+            }
+        };
+        let (retired, reasserted) = {
+            let mut st = self.state.borrow_mut();
+            let retired = st.store.set_lease_policy(policy, now_ms);
+            for k in &retired {
+                st.push.changed(k, now_ms);
+            }
+            (retired, st.store.take_reasserted())
+        };
+        if !retired.is_empty() {
+            tracing::info!(
+                shard = self.id,
+                services = retired.len(),
+                "retired the instances of connections whose holder is gone"
+            );
+        }
+        for k in retired.iter().chain(&reasserted) {
+            self.mark_changed(k, now_ms);
+        }
+    }
+
     /// The cluster's part of the housekeeping tick: view, due replication,
     /// relayed beats.
     pub fn cluster_tick(self: &Rc<Self>, now_ms: u64) {
@@ -309,6 +353,7 @@ impl ShardCtx {
             return;
         };
         self.refresh_view(now_ms);
+        self.apply_lease_policy(now_ms);
         let batches = cl.state.borrow_mut().tasks.due(now_ms);
         for (peer, services) in batches {
             let state = self.state.borrow();

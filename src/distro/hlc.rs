@@ -100,6 +100,29 @@ pub struct Version {
     pub writer: u32,
 }
 
+/// Set in the writer of a retirement: the tombstone every node writes, on
+/// its own, for a connection-bound record whose holder is gone. No node
+/// writes with it otherwise (writer ids are `node << 8 | shard`, far
+/// below).
+pub const RETIRED_WRITER_BIT: u32 = 1 << 31;
+
+impl Version {
+    /// The version of the tombstone that retires a record of this version:
+    /// just above it and below anything written later, and the same on
+    /// every node, so that independent retirements agree and a register
+    /// made after the record (the client reconnected elsewhere) wins.
+    pub fn retired(self) -> Version {
+        Version {
+            hlc: self.hlc,
+            writer: self.writer | RETIRED_WRITER_BIT,
+        }
+    }
+
+    pub fn is_retirement(self) -> bool {
+        self.writer & RETIRED_WRITER_BIT != 0
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

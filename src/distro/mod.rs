@@ -6,6 +6,7 @@
 pub mod conf;
 pub mod hash;
 pub mod hlc;
+pub mod leases;
 pub mod members;
 pub mod merge;
 pub mod startup;

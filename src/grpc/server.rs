@@ -7,9 +7,9 @@
 use std::cell::RefCell;
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::num::NonZeroU64;
 use std::rc::Rc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -22,7 +22,7 @@ use super::codec;
 use super::naming::{self, Naming, RequestJson};
 use crate::shard::conn::{page_of, run_op, service_names};
 use crate::shard::{now_ms, ShardCtx};
-use crate::store::instance::InstanceAddr;
+use crate::store::instance::{InstanceAddr, Lease};
 use crate::store::service::ServiceId;
 use crate::store::Op;
 
@@ -50,7 +50,7 @@ pub struct Client {
     /// `{millis}_{ip}_{port}`, as Nacos makes it.
     pub id: String,
     /// What the store binds this connection's instances to.
-    pub tag: NonZeroU64,
+    pub lease: Arc<Lease>,
     /// `ConnectionSetupRequest` arrived.
     pub registered: bool,
     /// Labelled `module=naming`: a naming client.
@@ -161,7 +161,11 @@ pub async fn serve(ctx: &Rc<ShardCtx>, stream: TcpStream, peer: SocketAddr) {
     let serial = NEXT_SERIAL.fetch_add(1, Ordering::Relaxed);
     let client = Rc::new(RefCell::new(Client {
         id: format!("{}_{}_{}", now_ms(), peer.ip(), peer.port()),
-        tag: NonZeroU64::new(serial).expect("serials start at 1"),
+        lease: Arc::new(Lease {
+            holder: ctx.shared.lease_holder().to_string(),
+            boot: ctx.shared.boot_ms,
+            serial,
+        }),
         registered: false,
         naming: false,
         publishers: HashMap::new(),
@@ -233,14 +237,14 @@ async fn subscribe_at_owner(
 /// Removes every instance the connection published (where it is still
 /// the publisher), on each service's shard.
 async fn release_all(ctx: &Rc<ShardCtx>, client: &Rc<RefCell<Client>>) {
-    let (tag, publishers) = {
+    let (lease, publishers) = {
         let mut c = client.borrow_mut();
-        (c.tag, std::mem::take(&mut c.publishers))
+        (c.lease.clone(), std::mem::take(&mut c.publishers))
     };
     for (_, (svc, addrs)) in publishers {
         let op = Op::Publish {
             svc,
-            conn: tag,
+            conn: lease.clone(),
             specs: Vec::new(),
             release: addrs,
         };
@@ -368,9 +372,9 @@ async fn handle(
             ),
         );
     }
-    let (registered, is_naming, tag) = {
+    let (registered, is_naming, lease) = {
         let c = client.borrow();
-        (c.registered, c.naming, c.tag)
+        (c.registered, c.naming, c.lease.clone())
     };
     if !registered {
         return fail(naming::UNREGISTERED, "Connection is unregistered.");
@@ -406,7 +410,7 @@ async fn handle(
             let addrs: Vec<InstanceAddr> = specs.iter().map(|s| s.addr.clone()).collect();
             let op = Op::Publish {
                 svc: svc.clone(),
-                conn: tag,
+                conn: lease,
                 specs,
                 release,
             };
@@ -462,7 +466,7 @@ async fn handle(
                 ),
                 Some(on) => {
                     let key = svc.full_key().to_string();
-                    let serial = tag.get();
+                    let serial = lease.serial;
                     match subscribe_at_owner(ctx, svc.clone(), serial, clusters.clone(), on).await {
                         Ok(true) => {}
                         Ok(false) => {

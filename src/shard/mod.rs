@@ -90,6 +90,17 @@ pub struct Shared {
     pub stats: Vec<ShardStats>,
     pub open_connections: AtomicUsize,
     pub shutdown: AtomicBool,
+    /// When this process started (ms since epoch): the incarnation its
+    /// connection leases carry.
+    pub boot_ms: u64,
+}
+
+impl Shared {
+    /// The holder name of this node's leases: its member address, or
+    /// `""` standalone.
+    pub fn lease_holder(&self) -> &str {
+        self.cluster.as_ref().map(|c| c.me.as_str()).unwrap_or("")
+    }
 }
 
 /// What one shard owns.

@@ -4,7 +4,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use super::instance::Metadata;
+use super::instance::{Lease, Metadata};
 use crate::distro::hlc::Version;
 
 /// A service's own fields.
@@ -19,8 +19,8 @@ pub struct FieldsRecord {
 /// An instance, or the tombstone of one (`deleted`, only the address and
 /// the version meaningful). On the wire a compact array (`WireRecord`):
 /// a million of them make a snapshot, and field names were half its bytes.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(from = "WireRecord", into = "WireRecord")]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(from = "WireRecord")]
 pub struct InstanceRecord {
     /// `ip#port#cluster`.
     pub key: String,
@@ -34,12 +34,16 @@ pub struct InstanceRecord {
     pub metadata: Metadata,
     pub version: Version,
     pub deleted: bool,
+    /// The gRPC connection it is bound to (connection-bound liveness).
+    pub lease: Option<Lease>,
 }
 
 /// `InstanceRecord` on the wire: ip, port, cluster, weight, healthy,
-/// enabled, ephemeral, metadata, version hlc, version writer, deleted. The
-/// key (`ip#port#cluster`) is rebuilt from the address.
-#[derive(Serialize, Deserialize)]
+/// enabled, ephemeral, metadata, version hlc, version writer, deleted,
+/// and for a connection-bound instance a 12th element, its lease as
+/// `[holder, boot, serial]`. The key (`ip#port#cluster`) is rebuilt from
+/// the address.
+#[derive(Deserialize)]
 struct WireRecord(
     String,
     u16,
@@ -52,7 +56,30 @@ struct WireRecord(
     u64,
     u32,
     bool,
+    #[serde(default)] Option<(String, u64, u64)>,
 );
+
+impl Serialize for InstanceRecord {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeSeq;
+        let mut seq = s.serialize_seq(Some(if self.lease.is_some() { 12 } else { 11 }))?;
+        seq.serialize_element(&self.ip)?;
+        seq.serialize_element(&self.port)?;
+        seq.serialize_element(&self.cluster)?;
+        seq.serialize_element(&self.weight)?;
+        seq.serialize_element(&self.healthy)?;
+        seq.serialize_element(&self.enabled)?;
+        seq.serialize_element(&self.ephemeral)?;
+        seq.serialize_element(&self.metadata)?;
+        seq.serialize_element(&self.version.hlc)?;
+        seq.serialize_element(&self.version.writer)?;
+        seq.serialize_element(&self.deleted)?;
+        if let Some(l) = &self.lease {
+            seq.serialize_element(&(&l.holder, l.boot, l.serial))?;
+        }
+        seq.end()
+    }
+}
 
 impl From<WireRecord> for InstanceRecord {
     fn from(w: WireRecord) -> InstanceRecord {
@@ -68,6 +95,7 @@ impl From<WireRecord> for InstanceRecord {
             hlc,
             writer,
             deleted,
+            lease,
         ) = w;
         InstanceRecord {
             key: format!("{ip}#{port}#{cluster}"),
@@ -81,25 +109,12 @@ impl From<WireRecord> for InstanceRecord {
             metadata,
             version: Version { hlc, writer },
             deleted,
+            lease: lease.map(|(holder, boot, serial)| Lease {
+                holder,
+                boot,
+                serial,
+            }),
         }
-    }
-}
-
-impl From<InstanceRecord> for WireRecord {
-    fn from(r: InstanceRecord) -> WireRecord {
-        WireRecord(
-            r.ip,
-            r.port,
-            r.cluster,
-            r.weight,
-            r.healthy,
-            r.enabled,
-            r.ephemeral,
-            r.metadata,
-            r.version.hlc,
-            r.version.writer,
-            r.deleted,
-        )
     }
 }
 

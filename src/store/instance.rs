@@ -1,6 +1,7 @@
 //! One registered instance and the values a write supplies for it.
 
 use std::rc::Rc;
+use std::sync::Arc;
 
 /// Metadata: sorted, so that serialization is deterministic; a sorted
 /// vector, not a B-tree (whose first node costs 500 bytes an instance).
@@ -118,6 +119,45 @@ impl Timeouts {
     }
 }
 
+/// The gRPC connection an instance is bound to, as every node knows it:
+/// the node that holds the connection (its member address; `""` on a
+/// standalone node), that node's incarnation (its start time, ms) and the
+/// connection's serial there. One `Arc` per connection, shared by its
+/// instances; on the wire the 12th element of a datum record.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+pub struct Lease {
+    pub holder: String,
+    pub boot: u64,
+    pub serial: u64,
+}
+
+/// Which leases a node still keeps: the others' instances are retired
+/// (docs/distro.md, connection-bound instances). Pure data: the cluster
+/// code computes it from the member view and hands it to each store.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct LeasePolicy {
+    /// This node's address and incarnation.
+    pub me: String,
+    pub boot: u64,
+    /// Every member (this node included).
+    pub members: Vec<String>,
+    /// Members out of the healthy list for longer than the holder grace.
+    pub gone: Vec<String>,
+}
+
+impl LeasePolicy {
+    /// A lease stays while its holder is this node in this incarnation, or
+    /// a member that is not gone. A lease of this node's earlier
+    /// incarnation died with it; one of a node that is no member has no
+    /// one to keep it.
+    pub fn keeps(&self, lease: &Lease) -> bool {
+        if lease.holder == self.me {
+            return lease.boot == self.boot;
+        }
+        self.members.contains(&lease.holder) && !self.gone.contains(&lease.holder)
+    }
+}
+
 /// Identity of an instance inside a service.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct InstanceAddr {
@@ -172,10 +212,11 @@ pub struct Instance {
     pub timeouts: Timeouts,
     /// Whether an expiry timer is armed for this instance (at most one).
     pub timer_armed: bool,
-    /// The gRPC connection that published it (`grpc::ConnTag`): such an
-    /// instance needs no beats and is never expired; it lives until that
-    /// connection releases it. None: registered over HTTP, kept by beats.
-    pub conn: Option<std::num::NonZeroU64>,
+    /// The gRPC connection that published it: such an instance needs no
+    /// beats and is never expired; it lives until that connection releases
+    /// it, or until its holder is gone (`LeasePolicy`). None: registered
+    /// over HTTP, kept by beats.
+    pub conn: Option<Arc<Lease>>,
     /// Version of the last state change (not bumped by plain beats).
     pub version: crate::distro::hlc::Version,
 }

@@ -90,7 +90,7 @@ pub enum Op {
     /// `conn`. A deregister is a publish of nothing.
     Publish {
         svc: ServiceId,
-        conn: std::num::NonZeroU64,
+        conn: std::sync::Arc<instance::Lease>,
         specs: Vec<InstanceSpec>,
         release: Vec<InstanceAddr>,
     },
@@ -199,6 +199,11 @@ pub struct Store {
     /// Versions from peers refused for being too far in the future
     /// (`hlc::DRIFT_MAX_MS`).
     future_versions_refused: u64,
+    /// Which connection leases stay (clustered nodes; None: all).
+    lease_policy: Option<instance::LeasePolicy>,
+    /// Services a merge changed in a way only this node knows of (see
+    /// `take_reasserted`): to replicate.
+    reasserted: Vec<String>,
 }
 
 pub fn beat_reply(code: u32, interval_ms: u64) -> Reply {
@@ -228,6 +233,8 @@ impl Store {
             purges: VecDeque::new(),
             service_tombstones: Map::default(),
             future_versions_refused: 0,
+            lease_policy: None,
+            reasserted: Vec::new(),
         }
     }
 
@@ -345,7 +352,7 @@ impl Store {
         &mut self,
         svc: &ServiceId,
         spec: InstanceSpec,
-        conn: Option<std::num::NonZeroU64>,
+        conn: Option<std::sync::Arc<instance::Lease>>,
         now_ms: u64,
     ) {
         let defaults = self.defaults;
@@ -428,14 +435,18 @@ impl Store {
         &mut self,
         svc: &ServiceId,
         addr: &InstanceAddr,
-        conn: std::num::NonZeroU64,
+        conn: &instance::Lease,
         now_ms: u64,
     ) -> bool {
         let Some(s) = self.services.get_mut(svc.full_key()) else {
             return false;
         };
         let key = addr.key();
-        if s.instances.get(key.as_str()).and_then(|i| i.conn) != Some(conn) {
+        if s.instances
+            .get(key.as_str())
+            .and_then(|i| i.conn.as_deref())
+            != Some(conn)
+        {
             return false;
         }
         self.remove_instance(svc, &key, now_ms)
@@ -538,10 +549,10 @@ impl Store {
                     if specs.iter().any(|s| s.addr == addr) {
                         continue; // published again below
                     }
-                    any |= self.release(&svc, &addr, conn, now_ms);
+                    any |= self.release(&svc, &addr, &conn, now_ms);
                 }
                 for spec in specs {
-                    self.put(&svc, spec, Some(conn), now_ms);
+                    self.put(&svc, spec, Some(conn.clone()), now_ms);
                     any = true;
                 }
                 Applied {

@@ -5,7 +5,7 @@
 use std::rc::Rc;
 
 use super::datum::{checksum_of, Datum, FieldsRecord, InstanceRecord};
-use super::instance::{Instance, InstanceAddr, Metadata};
+use super::instance::{Instance, InstanceAddr, LeasePolicy, Metadata};
 use super::service::{Service, ServiceId};
 use super::Store;
 use crate::distro::hlc::{self, Version};
@@ -23,6 +23,7 @@ fn record(i: &Instance) -> InstanceRecord {
         metadata: i.metadata.clone(),
         version: i.version,
         deleted: false,
+        lease: i.conn.as_deref().cloned(),
     }
 }
 
@@ -45,6 +46,7 @@ fn tombstone(key: &str, version: Version) -> InstanceRecord {
         metadata: Metadata::new(),
         version,
         deleted: true,
+        lease: None,
     }
 }
 
@@ -152,6 +154,9 @@ impl Store {
             timers,
             purges,
             instances,
+            stamp,
+            lease_policy,
+            reasserted,
             ..
         } = self;
         let s = services.get_mut(key).expect("created above");
@@ -165,7 +170,20 @@ impl Store {
             s.fields_version = d.fields.version;
             changed = true;
         }
-        for r in d.instances {
+        let mut reassert = false;
+        for mut r in d.instances {
+            // A record bound to a connection whose holder is gone arrives
+            // as its retirement.
+            if let (Some(l), Some(p)) = (&r.lease, lease_policy.as_ref()) {
+                if !r.deleted && !p.keeps(l) {
+                    // This node's earlier incarnation: only it knows, so
+                    // it tells the others.
+                    reassert |= l.holder == p.me;
+                    r.deleted = true;
+                    r.version = r.version.retired();
+                    r.lease = None;
+                }
+            }
             let local = s
                 .instances
                 .get(r.key.as_str())
@@ -173,6 +191,21 @@ impl Store {
                 .or_else(|| s.tombstones.get(r.key.as_str()).copied());
             if local.is_some_and(|v| v >= r.version) {
                 continue;
+            }
+            // A peer retired the record of a connection this node still
+            // holds (it thought this node gone: a partition): the record
+            // stays, under a new version that outranks the retirement.
+            if r.deleted && r.version.is_retirement() {
+                if let (Some(i), Some(p)) = (s.instances.get_mut(r.key.as_str()), &lease_policy) {
+                    if i.conn
+                        .as_deref()
+                        .is_some_and(|l| l.holder == p.me && p.keeps(l))
+                    {
+                        i.version = stamp.next(now_ms);
+                        reassert = true;
+                        continue;
+                    }
+                }
             }
             changed = true;
             let inst_key: Rc<str> = Rc::from(r.key.as_str());
@@ -206,7 +239,10 @@ impl Store {
                 timer_armed: existing.map(|i| i.timer_armed).unwrap_or(false),
                 version: r.version,
                 // A connection held here keeps its instances bound to it.
-                conn: existing.and_then(|i| i.conn),
+                conn: match (r.lease, existing.and_then(|i| i.conn.as_ref())) {
+                    (Some(l), Some(mine)) if **mine == l => Some(mine.clone()),
+                    (l, _) => l.map(std::sync::Arc::new),
+                },
             };
             Store::arm(timers, &svc_key, &mut inst);
             if s.instances.insert(inst_key, inst).is_none() {
@@ -216,6 +252,56 @@ impl Store {
         if changed {
             s.touch(now_ms);
         }
+        if reassert {
+            reasserted.push(key.to_string());
+        }
+        changed
+    }
+
+    /// Services whose merge this node has to tell its peers about (see
+    /// `merge`): records of its live connections re-versioned against a
+    /// retirement, records of its earlier incarnation retired.
+    pub fn take_reasserted(&mut self) -> Vec<String> {
+        std::mem::take(&mut self.reasserted)
+    }
+
+    /// Sets which connection leases stay and retires every record bound
+    /// to one that no longer does (its tombstone's version is
+    /// `Version::retired`, the same on every node). Returns the services
+    /// changed. Cost: one pass over the instances, only when the policy
+    /// differs from the last one.
+    pub fn set_lease_policy(&mut self, policy: LeasePolicy, now_ms: u64) -> Vec<String> {
+        if self.lease_policy.as_ref() == Some(&policy) {
+            return Vec::new();
+        }
+        let mut retire: Vec<(Rc<str>, Rc<str>, Version)> = Vec::new();
+        for s in self.services.values() {
+            for i in s.instances.values() {
+                if i.conn.as_deref().is_some_and(|l| !policy.keeps(l)) {
+                    retire.push((s.key.clone(), i.key.clone(), i.version));
+                }
+            }
+        }
+        self.lease_policy = Some(policy);
+        let mut changed: Vec<String> = Vec::new();
+        for (svc_key, inst_key, version) in retire {
+            let s = self.services.get_mut(&svc_key).expect("listed above");
+            s.instances.remove(&inst_key);
+            self.instances -= 1;
+            let tomb = version.retired();
+            s.tombstones.insert(inst_key.clone(), tomb);
+            s.touch(now_ms);
+            self.purges.push_back((
+                now_ms + self.tombstone_ttl_ms,
+                svc_key.clone(),
+                Some(inst_key),
+                tomb,
+            ));
+            if changed.last().map(String::as_str) != Some(&*svc_key) {
+                changed.push(svc_key.to_string());
+            }
+        }
+        changed.dedup();
         changed
     }
 

@@ -797,21 +797,24 @@ fn a_version_at_the_end_of_the_clock_range_does_not_wrap_local_writes() {
 #[test]
 fn connection_bound_instances_never_expire_and_are_released_only_by_their_connection() {
     let mut s = store();
-    let c1 = std::num::NonZeroU64::new(1).unwrap();
-    let c2 = std::num::NonZeroU64::new(2).unwrap();
-    let publish =
-        |s: &mut Store, conn, specs: Vec<InstanceSpec>, release: Vec<InstanceAddr>, now| {
-            s.apply(
-                Op::Publish {
-                    svc: svc("g"),
-                    conn,
-                    specs,
-                    release,
-                },
-                now,
-            )
-        };
-    assert!(publish(&mut s, c1, vec![spec("10.0.0.1", 1, &[])], vec![], 0).changed);
+    let c1 = lease("", 0, 1);
+    let c2 = lease("", 0, 2);
+    let publish = |s: &mut Store,
+                   conn: &Arc<Lease>,
+                   specs: Vec<InstanceSpec>,
+                   release: Vec<InstanceAddr>,
+                   now| {
+        s.apply(
+            Op::Publish {
+                svc: svc("g"),
+                conn: conn.clone(),
+                specs,
+                release,
+            },
+            now,
+        )
+    };
+    assert!(publish(&mut s, &c1, vec![spec("10.0.0.1", 1, &[])], vec![], 0).changed);
     // No beats for far longer than the delete timeout: still there, healthy.
     let mut changed = Vec::new();
     for t in (0..120_000).step_by(100) {
@@ -826,15 +829,15 @@ fn connection_bound_instances_never_expire_and_are_released_only_by_their_connec
     // A publish replaces the connection's earlier instance.
     publish(
         &mut s,
-        c1,
+        &c1,
         vec![spec("10.0.0.2", 2, &[])],
         vec![addr("10.0.0.1", 1)],
         120_001,
     );
     assert_eq!(ips(&mut s, "g", 120_002), ["10.0.0.2"]);
     // Another connection takes 10.0.0.2 over: c1's release leaves it alone.
-    publish(&mut s, c2, vec![spec("10.0.0.2", 2, &[])], vec![], 120_003);
-    let r = publish(&mut s, c1, vec![], vec![addr("10.0.0.2", 2)], 120_004);
+    publish(&mut s, &c2, vec![spec("10.0.0.2", 2, &[])], vec![], 120_003);
+    let r = publish(&mut s, &c1, vec![], vec![addr("10.0.0.2", 2)], 120_004);
     assert!(!r.changed);
     assert_eq!(ips(&mut s, "g", 120_005), ["10.0.0.2"]);
     // An HTTP register makes it beat-owned: c2's release leaves it too, and
@@ -846,17 +849,170 @@ fn connection_bound_instances_never_expire_and_are_released_only_by_their_connec
         },
         120_006,
     );
-    assert!(!publish(&mut s, c2, vec![], vec![addr("10.0.0.2", 2)], 120_007).changed);
+    assert!(!publish(&mut s, &c2, vec![], vec![addr("10.0.0.2", 2)], 120_007).changed);
     for t in (120_100..200_000).step_by(100) {
         s.expire(t, &mut changed);
     }
     assert_eq!(ips(&mut s, "g", 200_000), Vec::<String>::new());
     // Released instances leave tombstones: a late older copy stays dead.
-    publish(&mut s, c1, vec![spec("10.0.0.3", 3, &[])], vec![], 200_001);
-    assert!(publish(&mut s, c1, vec![], vec![addr("10.0.0.3", 3)], 200_002).changed);
+    publish(&mut s, &c1, vec![spec("10.0.0.3", 3, &[])], vec![], 200_001);
+    assert!(publish(&mut s, &c1, vec![], vec![addr("10.0.0.3", 3)], 200_002).changed);
     let d = s.datum(svc("g").full_key()).unwrap();
     assert!(d
         .instances
         .iter()
         .any(|r| r.key == "10.0.0.3#3#DEFAULT" && r.deleted));
+}
+
+// --- connection-bound instances in a cluster (leases) ---
+
+use instance::{Lease, LeasePolicy};
+use std::sync::Arc;
+
+fn lease(holder: &str, boot: u64, serial: u64) -> Arc<Lease> {
+    Arc::new(Lease {
+        holder: holder.into(),
+        boot,
+        serial,
+    })
+}
+
+fn publish_on(s: &mut Store, conn: &Arc<Lease>, ip: &str, now: u64) {
+    s.apply(
+        Op::Publish {
+            svc: svc("c"),
+            conn: conn.clone(),
+            specs: vec![spec(ip, 1, &[])],
+            release: vec![],
+        },
+        now,
+    );
+}
+
+fn policy(me: &str, boot: u64, gone: &[&str]) -> LeasePolicy {
+    LeasePolicy {
+        me: me.into(),
+        boot,
+        members: vec!["a".into(), "b".into(), "c".into()],
+        gone: gone.iter().map(|g| g.to_string()).collect(),
+    }
+}
+
+#[test]
+fn a_lease_travels_with_its_record_and_keeps_the_replica_from_expiring_it() {
+    let mut a = node(0 << 8);
+    let mut b = node(1 << 8);
+    a.set_lease_policy(policy("a", 7, &[]), 0);
+    b.set_lease_policy(policy("b", 9, &[]), 0);
+    publish_on(&mut a, &lease("a", 7, 3), "10.0.0.1", 1_000);
+    assert!(sync(&a, &mut b, "c", 1_001));
+    let d = b.datum(svc("c").full_key()).unwrap();
+    assert_eq!(d.instances[0].lease.as_ref().unwrap().holder, "a");
+    let wire = serde_json::to_value(&d.instances[0]).unwrap();
+    assert_eq!(wire.as_array().unwrap().len(), 12, "{wire}");
+    assert_eq!(wire[11], serde_json::json!(["a", 7, 3]));
+    // The replica owns the service and expires silent instances: not this.
+    let mut changed = Vec::new();
+    for t in (1_000..120_000).step_by(100) {
+        b.expire(t, &mut changed);
+    }
+    assert_eq!(ips(&mut b, "c", 120_000), ["10.0.0.1"]);
+}
+
+#[test]
+fn an_eleven_element_record_from_an_older_peer_still_reads_as_unbound() {
+    let r: datum::InstanceRecord =
+        serde_json::from_str(r#"["10.0.0.1",1,"DEFAULT",1.0,true,true,true,{},5,1,false]"#)
+            .unwrap();
+    assert_eq!(r.lease, None);
+    assert_eq!(r.key, "10.0.0.1#1#DEFAULT");
+    assert_eq!(
+        serde_json::to_value(&r).unwrap().as_array().unwrap().len(),
+        11
+    );
+}
+
+#[test]
+fn a_gone_holders_instances_are_retired_and_a_reconnect_elsewhere_outlives_the_retirement() {
+    let mut a = node(0 << 8);
+    let mut b = node(1 << 8);
+    let mut c = node(2 << 8);
+    for (s, me) in [(&mut a, "a"), (&mut b, "b"), (&mut c, "c")] {
+        s.set_lease_policy(policy(me, 1, &[]), 0);
+    }
+    publish_on(&mut a, &lease("a", 1, 1), "10.0.0.1", 1_000);
+    sync(&a, &mut b, "c", 1_001);
+    sync(&a, &mut c, "c", 1_001);
+    // a dies; c hears of it first, while the client reconnects to b.
+    publish_on(&mut b, &lease("b", 1, 5), "10.0.0.1", 5_000);
+    let retired = c.set_lease_policy(policy("c", 1, &["a"]), 20_000);
+    assert_eq!(retired, [svc("c").full_key().to_string()]);
+    assert!(ips(&mut c, "c", 20_000).is_empty(), "a's leftover retired");
+    // Both orders of arrival end with b's record, everywhere.
+    assert!(sync(&b, &mut c, "c", 20_001));
+    assert_eq!(ips(&mut c, "c", 20_002), ["10.0.0.1"]);
+    b.set_lease_policy(policy("b", 1, &["a"]), 20_003);
+    assert!(
+        !sync(&c, &mut b, "c", 20_004),
+        "the retirement is older than b's record"
+    );
+    assert_eq!(ips(&mut b, "c", 20_005), ["10.0.0.1"]);
+    assert_eq!(
+        b.datum(svc("c").full_key()).unwrap().checksum(),
+        c.datum(svc("c").full_key()).unwrap().checksum()
+    );
+    // Retirements made independently are one and the same record.
+    let mut d = node(3 << 8);
+    d.set_lease_policy(policy("d", 1, &[]), 0);
+    sync(&a, &mut d, "c", 1_002);
+    d.set_lease_policy(policy("d", 1, &["a"]), 20_000);
+    let mut e = node(4 << 8);
+    sync(&a, &mut e, "c", 1_002);
+    e.set_lease_policy(policy("e", 1, &["a"]), 21_000);
+    assert_eq!(
+        d.datum(svc("c").full_key()).unwrap().checksum(),
+        e.datum(svc("c").full_key()).unwrap().checksum()
+    );
+    // A gone holder's record arriving later is retired on arrival.
+    let mut f = node(5 << 8);
+    f.set_lease_policy(policy("f", 1, &["a"]), 0);
+    sync(&a, &mut f, "c", 20_000);
+    assert!(ips(&mut f, "c", 20_001).is_empty());
+}
+
+#[test]
+fn a_node_keeps_its_live_connections_records_against_a_retirement_and_retires_its_old_incarnations()
+{
+    let mut a = node(0 << 8);
+    let mut b = node(1 << 8);
+    a.set_lease_policy(policy("a", 1, &[]), 0);
+    b.set_lease_policy(policy("b", 1, &[]), 0);
+    publish_on(&mut a, &lease("a", 1, 1), "10.0.0.1", 1_000);
+    sync(&a, &mut b, "c", 1_001);
+    // A partition: b thinks a gone and retires; healed, a hears of it.
+    b.set_lease_policy(policy("b", 1, &["a"]), 15_000);
+    assert!(ips(&mut b, "c", 15_000).is_empty());
+    sync(&b, &mut a, "c", 16_000);
+    assert_eq!(
+        ips(&mut a, "c", 16_001),
+        ["10.0.0.1"],
+        "a's client is connected"
+    );
+    assert_eq!(a.take_reasserted(), [svc("c").full_key().to_string()]);
+    b.set_lease_policy(policy("b", 1, &[]), 16_002);
+    assert!(sync(&a, &mut b, "c", 16_003));
+    assert_eq!(ips(&mut b, "c", 16_004), ["10.0.0.1"], "back on b");
+    // a restarts (boot 2): its snapshot from b holds boot 1's record,
+    // whose connection died with it.
+    let mut a2 = node(0 << 8);
+    a2.set_lease_policy(policy("a", 2, &[]), 30_000);
+    sync(&b, &mut a2, "c", 30_001);
+    assert!(ips(&mut a2, "c", 30_002).is_empty());
+    assert_eq!(
+        a2.take_reasserted(),
+        [svc("c").full_key().to_string()],
+        "to tell b"
+    );
+    assert!(sync(&a2, &mut b, "c", 30_003));
+    assert!(ips(&mut b, "c", 30_004).is_empty());
 }

@@ -1,0 +1,91 @@
+//! When a node is gone for its connection-bound instances (NACOS2.md 6,
+//! docs/distro.md): a member that has left the healthy list and stayed
+//! out for `LEASE_HOLDER_GRACE_MS`. Pure: the caller feeds the healthy
+//! list and the time.
+
+use std::collections::BTreeMap;
+
+/// How long a member stays out of the healthy list before the instances
+/// of the connections it held are retired. With DOWN after at most
+/// `FAILS_BEFORE_DOWN` failed reports (2 s apart per peer in a 3-node
+/// cluster, a little more in larger ones), a dead holder's instances go
+/// within about 25 s, inside the 30 s delete timeout; a member back
+/// within it (a short partition, a restart) loses nothing.
+pub const LEASE_HOLDER_GRACE_MS: u64 = 10_000;
+
+/// Since when each member has been out of the healthy list.
+#[derive(Debug, Clone, Default)]
+pub struct HolderWatch {
+    left_at: BTreeMap<String, u64>,
+}
+
+impl HolderWatch {
+    /// Records the current healthy list: members not in it are out since
+    /// the first time they were seen out; members in it are not.
+    pub fn observe(&mut self, members: &[String], healthy: &[String], now_ms: u64) {
+        self.left_at.retain(|m, _| members.contains(m));
+        for m in members {
+            if healthy.contains(m) {
+                self.left_at.remove(m);
+            } else {
+                self.left_at.entry(m.clone()).or_insert(now_ms);
+            }
+        }
+    }
+
+    /// Members out for at least `grace_ms`, sorted.
+    pub fn gone(&self, now_ms: u64, grace_ms: u64) -> Vec<String> {
+        self.left_at
+            .iter()
+            .filter(|(_, t)| now_ms.saturating_sub(**t) >= grace_ms)
+            .map(|(m, _)| m.clone())
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn s(v: &[&str]) -> Vec<String> {
+        v.iter().map(|x| x.to_string()).collect()
+    }
+
+    #[test]
+    fn a_member_is_gone_only_after_staying_out_for_the_grace() {
+        let all = s(&["a", "b", "c"]);
+        let mut w = HolderWatch::default();
+        w.observe(&all, &all, 0);
+        assert!(w.gone(0, 10).is_empty());
+        w.observe(&all, &s(&["a", "c"]), 100);
+        assert!(w.gone(109, 10).is_empty(), "not yet");
+        w.observe(&all, &s(&["a", "c"]), 105);
+        assert_eq!(w.gone(110, 10), s(&["b"]), "out since 100, not since 105");
+    }
+
+    #[test]
+    fn a_member_back_in_time_is_not_gone_and_its_clock_restarts() {
+        let all = s(&["a", "b"]);
+        let mut w = HolderWatch::default();
+        w.observe(&all, &s(&["a"]), 0);
+        w.observe(&all, &all, 5);
+        assert!(w.gone(100, 10).is_empty());
+        w.observe(&all, &s(&["a"]), 200);
+        assert!(
+            w.gone(205, 10).is_empty(),
+            "the grace counts again from 200"
+        );
+        assert_eq!(w.gone(210, 10), s(&["b"]));
+    }
+
+    #[test]
+    fn a_member_removed_from_the_list_is_forgotten() {
+        let mut w = HolderWatch::default();
+        w.observe(&s(&["a", "b"]), &s(&["a"]), 0);
+        w.observe(&s(&["a"]), &s(&["a"]), 1);
+        assert!(
+            w.gone(100, 10).is_empty(),
+            "LeasePolicy drops non-members itself"
+        );
+    }
+}
