@@ -4,7 +4,9 @@
 //! time, over a simulated network that delays, drops, duplicates and
 //! reorders messages and cuts links; nodes crash (losing everything) and
 //! restart; clocks are skewed; clients register, beat every 5 s to any
-//! ready node, deregister and stop beating. One seeded PRNG decides
+//! ready node, deregister and stop beating; gRPC clients (connection-bound
+//! instances) connect to one node, publish, deregister, close, and when
+//! their node crashes either reconnect elsewhere or die with it. One seeded PRNG decides
 //! everything, so a seed replays exactly. After the faults heal and the
 //! churn stops, SPEC 4.7's invariants are checked; a violation prints the
 //! seed and the last events.
@@ -19,13 +21,16 @@
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
+use std::sync::Arc;
+
 use distro_registry::distro::hash::owner_index;
+use distro_registry::distro::leases::{HolderWatch, LEASE_HOLDER_GRACE_MS};
 use distro_registry::distro::members::{Membership, ReportOutcome};
 use distro_registry::distro::startup::{self, Answer, Decision};
 use distro_registry::distro::tasks::{TaskConfig, TaskMap};
 use distro_registry::distro::verify::keys_to_fetch;
 use distro_registry::store::datum::Datum;
-use distro_registry::store::instance::{InstanceAddr, InstanceSpec, Timeouts};
+use distro_registry::store::instance::{InstanceAddr, InstanceSpec, Lease, LeasePolicy, Timeouts};
 use distro_registry::store::service::ServiceId;
 use distro_registry::store::{BeatInfo, Op, Store};
 
@@ -46,6 +51,12 @@ const OP_GAP_MS: u64 = 2_000;
 const INFLIGHT_STEPS_MAX: usize = 30;
 /// Events kept for the trace printed on a violation.
 const TRACE_MAX: usize = 60;
+/// Beat-based clients (a third of them persistent) and gRPC clients.
+const HTTP_CLIENTS: usize = 24;
+const GRPC_CLIENTS: usize = 12;
+/// A gRPC client whose node died reconnects to another after this long
+/// (the real clients' redo: 1 to 3 s).
+const RECONNECT_MS: u64 = 2_000;
 
 fn timeouts() -> Timeouts {
     Timeouts::default()
@@ -89,6 +100,10 @@ struct Node {
     next_verify: u64,
     started: u64,
     bugs: Bugs,
+    /// Since when members are out of the healthy list (lease policy).
+    holders: HolderWatch,
+    /// Serials of the gRPC connections accepted in this incarnation.
+    serial: u64,
 }
 
 impl Node {
@@ -110,6 +125,57 @@ impl Node {
             next_verify: now + VERIFY_MS,
             started: now,
             bugs: Bugs::default(),
+            holders: HolderWatch::default(),
+            serial: 0,
+        }
+    }
+
+    /// A new connection's lease: this node, this incarnation.
+    fn accept(&mut self) -> Arc<Lease> {
+        self.serial += 1;
+        Arc::new(Lease {
+            holder: self.addr.clone(),
+            boot: self.started,
+            serial: self.serial,
+        })
+    }
+
+    /// The lease policy of `src/cluster/shard.rs`: retire the records of
+    /// gone holders and of this node's earlier incarnations; replicate
+    /// what only this node knows.
+    fn leases(&mut self, all: &[String], t: u64) {
+        if self.bugs.leftovers_kept {
+            return;
+        }
+        let now = self.clock(t);
+        self.holders.observe(all, &self.healthy, now);
+        let policy = LeasePolicy {
+            me: self.addr.clone(),
+            boot: self.started,
+            members: all.to_vec(),
+            gone: self.holders.gone(now, LEASE_HOLDER_GRACE_MS),
+        };
+        let retired = self.store.set_lease_policy(policy, now);
+        if self.bugs.retire_with_new_version {
+            for k in &retired {
+                let Some(mut d) = self.store.datum(k) else {
+                    continue;
+                };
+                let v = distro_registry::distro::hlc::Version {
+                    hlc: distro_registry::distro::hlc::pack(now + 1, 0),
+                    writer: 0,
+                };
+                d.instances
+                    .retain(|r| r.deleted && r.version.is_retirement());
+                for r in d.instances.iter_mut() {
+                    r.version = v;
+                }
+                self.store.merge(d, now);
+            }
+        }
+        let others = self.others();
+        for k in retired.iter().chain(&self.store.take_reasserted()) {
+            self.tasks.mark(k, &others, now);
         }
     }
 
@@ -223,6 +289,9 @@ struct Client {
     since: u64,
     /// Registered with `ephemeral=false`: never beats, never expires.
     persistent: bool,
+    /// A gRPC client: its connection (node, lease) while connected; it
+    /// never beats. `Beating` means registered, `Stopped` closed.
+    grpc: Option<GrpcConn>,
     /// Time of its last register or deregister.
     last_op: u64,
     /// Its last register or deregister was acknowledged by a node that
@@ -231,6 +300,14 @@ struct Client {
     lost: bool,
     /// (time, node) of recent beats.
     beats: VecDeque<(u64, usize)>,
+}
+
+#[derive(Clone, Default)]
+struct GrpcConn {
+    /// The node it is connected to, and the lease there.
+    at: Option<(usize, Arc<Lease>)>,
+    /// Disconnected by its node's crash: reconnect (and redo) at this time.
+    reconnect_at: Option<u64>,
 }
 
 /// Protocol breakages the simulation must catch (tests below).
@@ -243,6 +320,11 @@ struct Bugs {
     whole_list_lww: bool,
     /// Verify drops every unlisted service of the source, whoever wrote it.
     drop_unconditionally: bool,
+    /// Connection-bound instances of a dead node are never retired.
+    leftovers_kept: bool,
+    /// A retirement gets a fresh version (the retiring node's clock) instead
+    /// of `Version::retired`, so it can outrank a re-register elsewhere.
+    retire_with_new_version: bool,
 }
 
 struct Sim {
@@ -283,7 +365,7 @@ impl Sim {
                 node
             })
             .collect();
-        let clients = (0..24)
+        let clients = (0..HTTP_CLIENTS + GRPC_CLIENTS)
             .map(|k| Client {
                 svc: ServiceId::new("public", "DEFAULT_GROUP", &format!("svc-{}", k % 8)),
                 addr: InstanceAddr {
@@ -294,7 +376,8 @@ impl Sim {
                 state: ClientState::Stopped,
                 next_beat: 0,
                 since: 0,
-                persistent: k % 3 == 0,
+                persistent: k < HTTP_CLIENTS && k % 3 == 0,
+                grpc: (k >= HTTP_CLIENTS).then(GrpcConn::default),
                 last_op: 0,
                 lost: false,
                 beats: VecDeque::new(),
@@ -588,6 +671,10 @@ impl Sim {
             // `OP_GAP_MS` between their writes.
             let rested = self.t >= self.clients[c].since + OP_GAP_MS
                 && self.t >= self.clients[c].last_op + OP_GAP_MS;
+            if self.clients[c].grpc.is_some() {
+                self.grpc_client_step(c, x, rested);
+                continue;
+            }
             if self.churn && rested && self.rng.f64() < 0.002 {
                 self.clients[c].last_op = self.t;
                 let (svc, addr) = (self.clients[c].svc.clone(), self.clients[c].addr.clone());
@@ -638,6 +725,86 @@ impl Sim {
         }
     }
 
+    /// A gRPC client's publish (or release) on the node holding its
+    /// connection: applied there, never forwarded (NACOS2.md 6).
+    fn publish(&mut self, c: usize, n: usize, lease: Arc<Lease>, register: bool) {
+        let (svc, addr) = (self.clients[c].svc.clone(), self.clients[c].addr.clone());
+        let op = if register {
+            let spec = InstanceSpec {
+                addr,
+                weight: 1.0,
+                healthy: true,
+                enabled: true,
+                ephemeral: true,
+                metadata: Default::default(),
+            };
+            Op::Publish {
+                svc,
+                conn: lease,
+                specs: vec![spec],
+                release: vec![],
+            }
+        } else {
+            Op::Publish {
+                svc,
+                conn: lease,
+                specs: vec![],
+                release: vec![addr],
+            }
+        };
+        self.nodes[n].apply(op, self.t);
+    }
+
+    fn grpc_client_step(&mut self, c: usize, x: usize, rested: bool) {
+        let conn = self.clients[c].grpc.clone().expect("a gRPC client");
+        let state = self.clients[c].state;
+        if let Some(at) = conn.reconnect_at {
+            if self.t >= at {
+                let lease = self.nodes[x].accept();
+                self.clients[c].grpc = Some(GrpcConn {
+                    at: Some((x, lease.clone())),
+                    reconnect_at: None,
+                });
+                if state == ClientState::Beating {
+                    self.publish(c, x, lease, true);
+                }
+                self.log(format!(
+                    "gRPC client {c} reconnected to node {x} (redo {state:?})"
+                ));
+            }
+            return;
+        }
+        if !(self.churn && rested && self.rng.f64() < 0.002) {
+            return;
+        }
+        self.clients[c].last_op = self.t;
+        match (state, conn.at) {
+            (ClientState::Beating, Some((n, lease))) => {
+                self.publish(c, n, lease.clone(), false);
+                if self.rng.bool() {
+                    self.clients[c].state = ClientState::Deregistered;
+                    self.log(format!("gRPC client {c} deregistered at node {n}"));
+                } else {
+                    // Closed: the node releases what the connection held.
+                    self.clients[c].state = ClientState::Stopped;
+                    self.clients[c].grpc = Some(GrpcConn::default());
+                    self.log(format!("gRPC client {c} closed its connection to node {n}"));
+                }
+            }
+            (_, at) => {
+                let (n, lease) = at.unwrap_or_else(|| (x, self.nodes[x].accept()));
+                self.publish(c, n, lease.clone(), true);
+                self.clients[c].state = ClientState::Beating;
+                self.clients[c].since = self.t;
+                self.clients[c].grpc = Some(GrpcConn {
+                    at: Some((n, lease)),
+                    reconnect_at: None,
+                });
+                self.log(format!("gRPC client {c} registered at node {n}"));
+            }
+        }
+    }
+
     fn faults_step(&mut self) {
         let n = self.nodes.len();
         let f = self.faults;
@@ -675,6 +842,24 @@ impl Sim {
     /// clients are marked `lost`.
     fn crash(&mut self, i: usize) {
         for c in 0..self.clients.len() {
+            if let Some(conn) = self.clients[c].grpc.clone() {
+                // Its connection broke: a registered client reconnects
+                // elsewhere with its redo, or its process died as well
+                // (the dead node's leftovers must then go everywhere).
+                if conn.at.as_ref().is_some_and(|(n, _)| *n == i) {
+                    let mut next = GrpcConn::default();
+                    if self.clients[c].state == ClientState::Beating {
+                        if self.rng.bool() {
+                            next.reconnect_at = Some(self.t + RECONNECT_MS);
+                        } else {
+                            self.clients[c].state = ClientState::Stopped;
+                            self.log(format!("gRPC client {c} died with node {i}"));
+                        }
+                    }
+                    self.clients[c].grpc = Some(next);
+                }
+                continue;
+            }
             let (key, inst) = (
                 self.clients[c].svc.full_key().to_string(),
                 self.clients[c].addr.key(),
@@ -753,6 +938,8 @@ impl Sim {
                 continue;
             }
             self.nodes[i].refresh_view(self.t);
+            let all = self.all.clone();
+            self.nodes[i].leases(&all, self.t);
             // Expiry, owner only.
             let changed = {
                 let node = &mut self.nodes[i];
@@ -984,6 +1171,11 @@ impl Sim {
                 ClientState::Deregistered if present => {
                     return Err(format!("invariant 3: deregistered client {c} is back"))
                 }
+                ClientState::Stopped if present && cl.grpc.is_some() => {
+                    return Err(format!(
+                        "invariant 3: gRPC client {c}, whose connection is gone, is listed"
+                    ))
+                }
                 _ => {}
             }
         }
@@ -1055,6 +1247,24 @@ fn the_simulation_catches_an_unconditional_verify_drop() {
         ..Bugs::default()
     };
     assert_caught("unconditional drop", drop);
+}
+
+#[test]
+fn the_simulation_catches_a_dead_nodes_connection_leftovers_kept() {
+    let kept = Bugs {
+        leftovers_kept: true,
+        ..Bugs::default()
+    };
+    assert_caught("leftovers kept", kept);
+}
+
+#[test]
+fn the_simulation_catches_a_retirement_that_outranks_a_reconnect() {
+    let fresh = Bugs {
+        retire_with_new_version: true,
+        ..Bugs::default()
+    };
+    assert_caught("retirement with a new version", fresh);
 }
 
 #[test]
