@@ -284,6 +284,11 @@ settings! {
     /// One gRPC message, bytes; past it the call fails with
     /// RESOURCE_EXHAUSTED (the Java server's limit).
     grpc_message_bytes_max: usize = 10 * 1024 * 1024,
+    /// A gRPC connection silent this long gets a ClientDetectionRequest, ms.
+    grpc_probe_idle_ms: u64 = 20_000,
+    /// A probed gRPC connection that does not answer within this is closed
+    /// and its instances removed, ms.
+    grpc_probe_timeout_ms: u64 = 5_000,
 }
 
 impl FileConfig {
@@ -385,6 +390,8 @@ impl Config {
             ("verify-interval-ms", self.verify_interval_ms),
             ("peer-body-bytes-max", self.peer_body_bytes_max as u64),
             ("grpc-message-bytes-max", self.grpc_message_bytes_max as u64),
+            ("grpc-probe-idle-ms", self.grpc_probe_idle_ms),
+            ("grpc-probe-timeout-ms", self.grpc_probe_timeout_ms),
         ];
         for (name, v) in positive {
             if v == 0 {

@@ -33,6 +33,16 @@ pub struct ShardStats {
     /// gRPC pushes dropped: the connection had `PUSHES_UNACKED_MAX` pushes
     /// unanswered.
     pub grpc_pushes_dropped: AtomicU64,
+    /// Open gRPC connections on this shard (a gauge).
+    pub grpc_connections: AtomicU64,
+    /// Unary gRPC requests answered.
+    pub grpc_requests: AtomicU64,
+    /// `NotifySubscriberRequest`s written (first attempts).
+    pub grpc_pushes_sent: AtomicU64,
+    /// `NotifySubscriberRequest`s written again for want of an answer.
+    pub grpc_push_retries: AtomicU64,
+    /// Connections closed for not answering a `ClientDetectionRequest`.
+    pub grpc_ejected: AtomicU64,
     /// Requests this shard handed to another shard.
     pub cross_core_sent: AtomicU64,
     /// Requests refused because the target inbox was full.
@@ -86,6 +96,11 @@ impl Default for ShardStats {
             push_acks: AtomicU64::new(0),
             push_retries: AtomicU64::new(0),
             grpc_pushes_dropped: AtomicU64::new(0),
+            grpc_connections: AtomicU64::new(0),
+            grpc_requests: AtomicU64::new(0),
+            grpc_pushes_sent: AtomicU64::new(0),
+            grpc_push_retries: AtomicU64::new(0),
+            grpc_ejected: AtomicU64::new(0),
             cross_core_sent: AtomicU64::new(0),
             inbox_full: AtomicU64::new(0),
             timers_armed: AtomicU64::new(0),
@@ -157,7 +172,18 @@ pub fn render(shards: &[ShardStats], inbox_depth: &[usize], open_connections: us
         "Open client connections (HTTP).",
     );
     let _ = writeln!(o, "registry_open_connections {open_connections}");
-    let counters: [(&str, &str, Field); 15] = [
+    family(
+        o,
+        "registry_grpc_connections",
+        "gauge",
+        "Open gRPC connections (Nacos 2.x/3.x clients).",
+    );
+    let _ = writeln!(
+        o,
+        "registry_grpc_connections {}",
+        sum(|s| &s.grpc_connections)
+    );
+    let counters: [(&str, &str, Field); 19] = [
         (
             "registry_forwarded_total",
             "Writes forwarded to the service's owner node.",
@@ -222,6 +248,26 @@ pub fn render(shards: &[ShardStats], inbox_depth: &[usize], open_connections: us
             "registry_grpc_pushes_dropped_total",
             "gRPC pushes not sent: the connection left too many earlier ones unanswered.",
             |s| &s.grpc_pushes_dropped,
+        ),
+        (
+            "registry_grpc_requests_total",
+            "Unary gRPC requests answered.",
+            |s| &s.grpc_requests,
+        ),
+        (
+            "registry_grpc_pushes_sent_total",
+            "gRPC pushes (NotifySubscriberRequest) written, first attempts.",
+            |s| &s.grpc_pushes_sent,
+        ),
+        (
+            "registry_grpc_push_retries_total",
+            "gRPC pushes written again after no answer within 5 s.",
+            |s| &s.grpc_push_retries,
+        ),
+        (
+            "registry_grpc_ejected_total",
+            "gRPC connections closed for not answering a ClientDetectionRequest.",
+            |s| &s.grpc_ejected,
         ),
         (
             "registry_cross_core_requests_total",

@@ -6,3 +6,4 @@
 pub mod codec;
 pub mod naming;
 pub mod server;
+pub mod watch;

@@ -20,20 +20,17 @@ use serde_json::json;
 
 use super::codec;
 use super::naming::{self, Naming, RequestJson};
+use super::watch::{self, Liveness, Pushes, Timing};
 use crate::shard::conn::{page_of, run_op, service_names};
 use crate::shard::{now_ms, ShardCtx};
 use crate::store::instance::{InstanceAddr, Lease};
 use crate::store::service::ServiceId;
 use crate::store::Op;
+use futures_channel::oneshot;
 
 /// The unary service and the connection's stream (no proto package).
 pub const PATH_UNARY: &str = "/Request/request";
 pub const PATH_STREAM: &str = "/BiRequestStream/requestBiStream";
-/// Pushes written to a connection and not yet answered; past it pushes to
-/// that connection are dropped (counted in
-/// `registry_grpc_pushes_dropped_total`), so that a stalled client cannot
-/// grow the node's send buffers.
-pub const PUSHES_UNACKED_MAX: u64 = 64;
 /// HTTP/2 streams one connection may have open at once.
 const STREAMS_PER_CONNECTION_MAX: u32 = 256;
 /// gRPC status codes used here.
@@ -41,6 +38,9 @@ const GRPC_OK: &str = "0";
 const GRPC_INVALID_ARGUMENT: &str = "3";
 const GRPC_RESOURCE_EXHAUSTED: &str = "8";
 const GRPC_UNIMPLEMENTED: &str = "12";
+const GRPC_UNAVAILABLE: &str = "14";
+/// An ejected connection gets this long to flush its last frames.
+const EJECT_FLUSH_MS: u64 = 1_000;
 
 /// Connection serials, node-wide (a tag never repeats while the node runs).
 static NEXT_SERIAL: AtomicU64 = AtomicU64::new(1);
@@ -64,10 +64,17 @@ pub struct Client {
     /// Per service: the last `lastRefTime` sent, so that each answer and
     /// push carries a larger one.
     pub last_ref: HashMap<String, u64>,
-    /// Request ids of server pushes (strings on the wire).
+    /// Request ids of server requests, pushes and probes (strings on the
+    /// wire).
     pub next_push_id: u64,
     /// Pushes written and not yet answered (`NotifySubscriberResponse`).
-    pub unacked: u64,
+    pub pushes: Pushes,
+    /// Its last unary request or stream message (ms since epoch).
+    pub last_active_ms: u64,
+    /// When the unanswered `ClientDetectionRequest` went out.
+    pub probed_at: Option<u64>,
+    /// Fired by the sweep to eject the connection.
+    pub eject: Option<oneshot::Sender<()>>,
 }
 
 impl Client {
@@ -76,6 +83,18 @@ impl Client {
         let last = self.last_ref.entry(svc.full_key().to_string()).or_insert(0);
         *last = list_time.max(*last + 1);
         *last
+    }
+
+    /// Anything from the client proves it alive.
+    fn heard(&mut self, now_ms: u64) {
+        self.last_active_ms = now_ms;
+        self.probed_at = None;
+    }
+
+    fn write(&mut self, frame: Bytes) {
+        if let Some(stream) = self.stream.as_mut() {
+            let _ = stream.send_data(frame, false);
+        }
     }
 }
 
@@ -111,14 +130,6 @@ fn deliver(ctx: &ShardCtx, p: &crate::push::state::GrpcPush) {
     if !c.subscribed.contains_key(p.svc.full_key()) {
         return;
     }
-    if c.unacked >= PUSHES_UNACKED_MAX {
-        // A client that does not answer gets nothing more buffered for it.
-        ctx.stats()
-            .grpc_pushes_dropped
-            .fetch_add(1, Ordering::Relaxed);
-        return;
-    }
-    c.unacked += 1;
     let info = naming::service_info(&p.list_json, &p.svc, |t| c.ref_time(&p.svc, t));
     c.next_push_id += 1;
     let id = c.next_push_id.to_string();
@@ -129,9 +140,73 @@ fn deliver(ctx: &ShardCtx, p: &crate::push::state::GrpcPush) {
         "serviceInfo": info,
     }))
     .unwrap_or_default();
-    if let Some(stream) = c.stream.as_mut() {
-        let frame = codec::encode_framed("NotifySubscriberRequest", &body);
-        let _ = stream.send_data(Bytes::from(frame), false);
+    let frame = Bytes::from(codec::encode_framed("NotifySubscriberRequest", &body));
+    let push_id = c.next_push_id;
+    if !c
+        .pushes
+        .sent(push_id, p.svc.full_key(), frame.clone(), now_ms())
+    {
+        // A client that does not answer gets nothing more buffered for it.
+        ctx.stats()
+            .grpc_pushes_dropped
+            .fetch_add(1, Ordering::Relaxed);
+        return;
+    }
+    c.write(frame);
+    ctx.stats().grpc_pushes_sent.fetch_add(1, Ordering::Relaxed);
+}
+
+/// The shard's sweep over its gRPC connections: probes the idle ones,
+/// ejects the probed ones that stay silent, writes unanswered pushes
+/// again (`watch`).
+pub async fn sweep_loop(ctx: Rc<ShardCtx>) {
+    let timing = Timing {
+        idle_ms: ctx.shared.config.grpc_probe_idle_ms,
+        probe_timeout_ms: ctx.shared.config.grpc_probe_timeout_ms,
+    };
+    let every = Duration::from_millis(timing.sweep_ms());
+    while !ctx.shared.shutdown.load(Ordering::Relaxed) {
+        monoio::time::sleep(every).await;
+        let now = now_ms();
+        let clients: Vec<Rc<RefCell<Client>>> =
+            CONNS.with(|c| c.borrow().values().filter_map(|w| w.upgrade()).collect());
+        for client in clients {
+            let mut c = client.borrow_mut();
+            match watch::liveness(c.last_active_ms, c.probed_at, now, timing) {
+                Liveness::Fine => {}
+                Liveness::Probe => {
+                    c.probed_at = Some(now);
+                    c.next_push_id += 1;
+                    let body = serde_json::to_vec(&json!({
+                        "headers": {},
+                        "requestId": c.next_push_id.to_string(),
+                        "module": "internal",
+                    }))
+                    .unwrap_or_default();
+                    c.write(Bytes::from(codec::encode_framed(
+                        "ClientDetectionRequest",
+                        &body,
+                    )));
+                }
+                Liveness::Eject => {
+                    if let Some(tx) = c.eject.take() {
+                        tracing::info!(shard = ctx.id, conn = %c.id, "gRPC connection ejected: no answer to ClientDetectionRequest");
+                        ctx.stats().grpc_ejected.fetch_add(1, Ordering::Relaxed);
+                        let _ = tx.send(());
+                    }
+                }
+            }
+            let (again, given_up) = c.pushes.due(now);
+            for frame in again {
+                c.write(frame);
+                ctx.stats()
+                    .grpc_push_retries
+                    .fetch_add(1, Ordering::Relaxed);
+            }
+            ctx.stats()
+                .grpc_pushes_dropped
+                .fetch_add(given_up as u64, Ordering::Relaxed);
+        }
     }
 }
 
@@ -159,6 +234,7 @@ pub async fn serve(ctx: &Rc<ShardCtx>, stream: TcpStream, peer: SocketAddr) {
         Err(_) => return,
     };
     let serial = NEXT_SERIAL.fetch_add(1, Ordering::Relaxed);
+    let (eject_tx, mut eject_rx) = oneshot::channel();
     let client = Rc::new(RefCell::new(Client {
         id: format!("{}_{}_{}", now_ms(), peer.ip(), peer.port()),
         lease: Arc::new(Lease {
@@ -173,10 +249,23 @@ pub async fn serve(ctx: &Rc<ShardCtx>, stream: TcpStream, peer: SocketAddr) {
         stream: None,
         last_ref: HashMap::new(),
         next_push_id: 0,
-        unacked: 0,
+        pushes: Pushes::default(),
+        last_active_ms: now_ms(),
+        probed_at: None,
+        eject: Some(eject_tx),
     }));
     CONNS.with(|c| c.borrow_mut().insert(serial, Rc::downgrade(&client)));
-    while let Some(next) = conn.accept().await {
+    ctx.stats().grpc_connections.fetch_add(1, Ordering::Relaxed);
+    let mut ejected = false;
+    loop {
+        let next = monoio::select! {
+            n = conn.accept() => n,
+            _ = &mut eject_rx => {
+                ejected = true;
+                None
+            }
+        };
+        let Some(next) = next else { break };
         let (req, respond) = match next {
             Ok(x) => x,
             Err(e) => {
@@ -202,6 +291,31 @@ pub async fn serve(ctx: &Rc<ShardCtx>, stream: TcpStream, peer: SocketAddr) {
             }
         });
     }
+    if ejected {
+        // The stream ends with a non-OK status, then the connection goes:
+        // every client takes that as its cue to reconnect (and redo).
+        let stream = client.borrow_mut().stream.take();
+        if let Some(mut s) = stream {
+            let mut trailers = http::HeaderMap::new();
+            trailers.insert(
+                "grpc-status",
+                http::HeaderValue::from_static(GRPC_UNAVAILABLE),
+            );
+            trailers.insert(
+                "grpc-message",
+                http::HeaderValue::from_static(
+                    "connection ejected: no answer to ClientDetectionRequest",
+                ),
+            );
+            let _ = s.send_trailers(trailers);
+        }
+        conn.graceful_shutdown();
+        // Until the client closes, an error, or the time is up (an error
+        // may repeat without ever waiting: stop at the first).
+        let flush = async { while let Some(Ok(_)) = conn.accept().await {} };
+        let _ = monoio::time::timeout(Duration::from_millis(EJECT_FLUSH_MS), flush).await;
+    }
+    ctx.stats().grpc_connections.fetch_sub(1, Ordering::Relaxed);
     // The transport is gone: the connection's instances go at once, and
     // its subscriptions.
     CONNS.with(|c| c.borrow_mut().remove(&serial));
@@ -353,6 +467,8 @@ async fn handle(
     kind: &str,
     body: &[u8],
 ) -> (&'static str, Vec<u8>) {
+    client.borrow_mut().heard(now_ms());
+    ctx.stats().grpc_requests.fetch_add(1, Ordering::Relaxed);
     let r = match RequestJson::parse(body) {
         Ok(r) => r,
         Err(e) => return ("ErrorResponse", naming::error("", naming::BAD_GATEWAY, &e)),
@@ -545,10 +661,14 @@ async fn bi_stream(
 }
 
 fn on_stream_message(ctx: &ShardCtx, client: &Rc<RefCell<Client>>, p: &codec::Payload) {
+    client.borrow_mut().heard(now_ms());
     if p.kind == "NotifySubscriberResponse" {
-        let mut c = client.borrow_mut();
-        c.unacked = c.unacked.saturating_sub(1);
-        ctx.stats().push_acks.fetch_add(1, Ordering::Relaxed);
+        let id = RequestJson::parse(&p.body)
+            .ok()
+            .and_then(|r| r.request_id().parse::<u64>().ok());
+        if client.borrow_mut().pushes.acked(id) {
+            ctx.stats().push_acks.fetch_add(1, Ordering::Relaxed);
+        }
         return;
     }
     if p.kind == "ConnectionSetupRequest" {

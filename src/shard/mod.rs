@@ -317,6 +317,7 @@ async fn shard_main(
     if let Some(g) = grpc {
         match monoio::net::TcpListener::from_std(g) {
             Ok(g) => {
+                monoio::spawn(crate::grpc::server::sweep_loop(ctx.clone()));
                 monoio::spawn(conn::accept_loop(
                     ctx.clone(),
                     g,

@@ -68,10 +68,12 @@ def node():
     n.stop()
 
 
-def client_config(node, namespace=""):
+def client_config(node, namespace="", servers=None):
+    """`servers`: a comma-separated server list (all with the node's gRPC
+    port offset) instead of the node alone."""
     from v2.nacos import ClientConfigBuilder, GRPCConfig
     return (ClientConfigBuilder()
-            .server_address(f"127.0.0.1:{node.port}")
+            .server_address(servers or f"127.0.0.1:{node.port}")
             .namespace_id(namespace)
             .log_level("WARNING")
             .grpc_config(GRPCConfig(grpc_timeout=5000, port_offset=node.grpc_port - node.port))

@@ -102,19 +102,27 @@ CLIENT = textwrap.dedent("""
     class N: pass
     n = N(); n.port = {port}; n.grpc_port = {grpc}
     async def main():
-        ns = await NacosNamingService.create_naming_service(client_config(n))
-        await ns.register_instance(RegisterInstanceParam(service_name="killed", ip="10.9.0.1", port=1))
+        ns = await NacosNamingService.create_naming_service(client_config(n, servers={servers!r}))
+        await ns.register_instance(RegisterInstanceParam(service_name={service!r}, ip={ip!r}, port=1))
         print("registered", flush=True)
-        await asyncio.sleep(60)
+        await asyncio.sleep(120)
     asyncio.run(main())
 """)
 
 
-def test_a_killed_client_process_loses_its_instances_at_once(node):
-    code = CLIENT.format(here=os.path.dirname(__file__), port=node.port, grpc=node.grpc_port)
+def client_process(node, service, ip, servers=None):
+    """A client in a process of its own: registers one instance, says so,
+    and stays connected for two minutes."""
+    code = CLIENT.format(here=os.path.dirname(__file__), port=node.port, grpc=node.grpc_port,
+                         servers=servers, service=service, ip=ip)
     p = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
+    assert p.stdout.readline().strip() == "registered"
+    return p
+
+
+def test_a_killed_client_process_loses_its_instances_at_once(node):
+    p = client_process(node, "killed", "10.9.0.1")
     try:
-        assert p.stdout.readline().strip() == "registered"
         assert node.hosts("killed") == [("10.9.0.1", 1)]
         p.send_signal(signal.SIGKILL)
         p.wait(timeout=10)
@@ -296,6 +304,66 @@ def test_pushes_to_a_client_that_never_answers_are_bounded():
             f"{len(got)} pushes received"
         time.sleep(0.3)
         assert got.count("NotifySubscriberRequest") == 64, got[-3:]
+        q.put(None)
+        ch.close()
+    finally:
+        n.stop()
+
+
+def test_a_frozen_client_is_probed_ejected_and_comes_back_when_thawed():
+    """SIGSTOP: the connection stays open but nothing answers. With the
+    probe shortened to 1 s idle + 1 s timeout, the node sends a
+    ClientDetectionRequest, ejects the connection and removes its
+    instance; a live client beside it answers its probes and stays. After
+    SIGCONT the frozen client reconnects and its redo registers again."""
+    n = Node("--cores", "2", "--grpc-probe-idle-ms", "1000", "--grpc-probe-timeout-ms", "1000")
+    frozen = live = None
+    try:
+        frozen = client_process(n, "frozen", "10.8.0.1")
+        live = client_process(n, "alive", "10.8.0.2")
+        frozen.send_signal(signal.SIGSTOP)
+        assert eventually(lambda: n.hosts("frozen") == [], timeout=10), "ejected"
+        assert _metric(n, "registry_grpc_ejected_total") >= 1
+        import time
+        time.sleep(3)  # several probe rounds for the live client
+        assert n.hosts("alive") == [("10.8.0.2", 1)], "a client that answers probes stays"
+        frozen.send_signal(signal.SIGCONT)
+        assert eventually(lambda: n.hosts("frozen") == [("10.8.0.1", 1)], timeout=30), "redo"
+    finally:
+        for p in (frozen, live):
+            if p and p.poll() is None:
+                p.send_signal(signal.SIGCONT)
+                p.kill()
+        n.stop()
+
+
+def test_a_stream_that_never_answers_a_probe_ends_with_a_non_ok_status():
+    import queue
+    import threading
+    n = Node("--cores", "1", "--grpc-probe-idle-ms", "500", "--grpc-probe-timeout-ms", "500")
+    try:
+        ch = grpc.insecure_channel(f"127.0.0.1:{n.grpc_port}")
+        q = queue.Queue()
+
+        def gen():
+            yield _payload("ConnectionSetupRequest", {"labels": {"module": "naming"}})
+            q.get()
+
+        got, status = [], []
+
+        def drain():
+            try:
+                for m in ch.stream_stream("/BiRequestStream/requestBiStream")(gen()):
+                    got.append(_parse(m))
+            except grpc.RpcError as e:
+                status.append(e.code())
+
+        t = threading.Thread(target=drain, daemon=True)
+        t.start()
+        t.join(timeout=10)
+        assert status == [grpc.StatusCode.UNAVAILABLE], (status, got)
+        assert got and {k for k, _ in got} == {"ClientDetectionRequest"}, got
+        assert got[0][1]["module"] == "internal" and got[0][1]["requestId"]
         q.put(None)
         ch.close()
     finally:
