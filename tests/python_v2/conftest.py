@@ -16,9 +16,9 @@ BIN = os.environ.get("DR_BIN", os.path.join(ROOT, "target", "debug", "distro-reg
 
 
 class Node:
-    def __init__(self, *args):
+    def __init__(self, *args, bind="127.0.0.1:0"):
         self.proc = subprocess.Popen(
-            [BIN, "--bind", "127.0.0.1:0", *args],
+            [BIN, "--bind", bind, *args],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.PIPE,
             text=True,
@@ -50,6 +50,12 @@ class Node:
     def stop(self):
         self.proc.terminate()
         assert self.proc.wait(timeout=10) == 0
+
+    def metric(self, name):
+        for line in self.http("/metrics").splitlines():
+            if line.startswith(name + " "):
+                return int(line.split()[1])
+        raise AssertionError(f"no {name}")
 
 
 def eventually(f, timeout=10.0, step=0.05):
