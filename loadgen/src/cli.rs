@@ -14,6 +14,8 @@ use crate::target::{parse_target, Target};
 
 /// Hard cap on any phase, whatever the counts say.
 const PHASE_SECONDS_MAX: u64 = 600;
+/// Every scenario name either protocol knows (checked per protocol in `run`).
+const ALL_SCENARIOS: [&str; 6] = ["burst", "beat", "query", "storm", "converge", "push"];
 
 #[derive(Parser, Debug, Clone)]
 #[command(
@@ -34,9 +36,19 @@ pub struct Args {
     pub server_pids: Vec<u32>,
     /// What to run (docs/loadgen.md): burst (register, list, deregister),
     /// beat (a fleet beating on schedule), query (lists), storm (a mix),
-    /// converge (write on one target, poll the others).
-    #[arg(long, value_parser = clap::builder::PossibleValuesParser::new(scenario::SCENARIOS))]
+    /// converge (write on one target, poll the others); with --protocol
+    /// grpc: burst, and push (subscribers of one service, changes one at
+    /// a time).
+    #[arg(long, value_parser = clap::builder::PossibleValuesParser::new(ALL_SCENARIOS))]
     pub scenario: String,
+    /// The protocol of the clients: http (Nacos 1.x API) or grpc (Nacos
+    /// 2.x: each connection a client, set up as the real ones are).
+    #[arg(long, default_value = "http", value_parser = ["http", "grpc"])]
+    pub protocol: String,
+    /// gRPC port = the target's HTTP port + this (the 2.x clients' rule;
+    /// may be negative).
+    #[arg(long, default_value_t = 1000, allow_hyphen_values = true)]
+    pub grpc_port_offset: i32,
     /// Instances (burst, beat, storm, converge: how many; query: spread
     /// over the services as fixtures).
     #[arg(long, default_value_t = 1000)]
@@ -188,11 +200,27 @@ pub fn run(raw: Vec<String>) -> Result<Outcome, CliError> {
         seed: args.seed,
         beat_period: Duration::from_millis(args.beat_period_ms.max(1)),
     };
-    let phases = scenario::phases(
-        &args.scenario,
-        &params,
-        Duration::from_secs(PHASE_SECONDS_MAX),
-    )?;
+    let grpc = args.protocol == "grpc";
+    if grpc && !crate::grpc_run::SCENARIOS.contains(&args.scenario.as_str()) {
+        return Err(format!(
+            "--protocol grpc runs {}; {:?} is an HTTP scenario",
+            crate::grpc_run::SCENARIOS.join(" and "),
+            args.scenario
+        )
+        .into());
+    }
+    if !grpc && args.scenario == "push" {
+        return Err("the push scenario needs --protocol grpc".to_string().into());
+    }
+    let phases = if grpc {
+        Vec::new()
+    } else {
+        scenario::phases(
+            &args.scenario,
+            &params,
+            Duration::from_secs(PHASE_SECONDS_MAX),
+        )?
+    };
     let config = RunConfig {
         connections: args.connections,
         threads: args.threads.unwrap_or_else(|| {
@@ -217,6 +245,28 @@ pub fn run(raw: Vec<String>) -> Result<Outcome, CliError> {
         let addrs: Vec<_> = group.iter().map(|t| t.addr).collect();
         let first = &group[0];
         let mut results = Vec::new();
+        if grpc {
+            let mut g = first.addr;
+            let port = u16::try_from(i32::from(g.port()) + args.grpc_port_offset)
+                .map_err(|_| format!("{}: HTTP port + --grpc-port-offset is no port", first.url))?;
+            g.set_port(port);
+            let progress = Arc::new(Progress::default());
+            let done = Arc::new(AtomicBool::new(false));
+            let ticker = spawn_progress(
+                first.label.clone(),
+                "grpc",
+                usize::MAX,
+                progress.clone(),
+                done.clone(),
+            );
+            results = if args.scenario == "push" {
+                crate::grpc_run::push(first.addr, g, first.server_pid, &params, &config, progress)
+            } else {
+                crate::grpc_run::burst(g, first.server_pid, &params, &config, progress)
+            };
+            done.store(true, Relaxed);
+            let _ = ticker.join();
+        }
         for phase in &phases {
             let progress = Arc::new(Progress::default());
             let done = Arc::new(AtomicBool::new(false));
@@ -247,6 +297,7 @@ pub fn run(raw: Vec<String>) -> Result<Outcome, CliError> {
         "rate": args.rate,
         "threads": config.threads,
         "seed": args.seed,
+        "protocol": args.protocol,
     });
     // Only the scenarios that run for a duration have one.
     if scenario::TIMED.contains(&args.scenario.as_str()) {

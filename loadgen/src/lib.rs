@@ -4,6 +4,8 @@
 
 pub mod cli;
 pub mod client;
+pub mod grpc;
+pub mod grpc_run;
 pub mod report;
 pub mod run;
 pub mod scenario;

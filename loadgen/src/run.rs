@@ -27,8 +27,14 @@ pub struct OpStats {
     pub errors: BTreeMap<String, u64>,
 }
 
+impl Default for OpStats {
+    fn default() -> OpStats {
+        OpStats::new()
+    }
+}
+
 impl OpStats {
-    fn new() -> OpStats {
+    pub fn new() -> OpStats {
         OpStats {
             latency_us: Histogram::new_with_bounds(1, LATENCY_US_MAX, 3).expect("valid bounds"),
             errors: BTreeMap::new(),
@@ -49,7 +55,7 @@ impl OpStats {
         self.errors.values().sum()
     }
 
-    fn merge(&mut self, other: &OpStats) {
+    pub fn merge(&mut self, other: &OpStats) {
         let _ = self.latency_us.add(&other.latency_us);
         for (k, v) in &other.errors {
             *self.errors.entry(k.clone()).or_default() += v;
@@ -104,16 +110,16 @@ struct PhaseShared {
     config: RunConfig,
 }
 
-type Stats = BTreeMap<OpKind, OpStats>;
+pub type Stats = BTreeMap<OpKind, OpStats>;
 
-fn record(
+pub fn record(
     stats: &RefCell<Stats>,
     op: OpKind,
     result: Result<Duration, String>,
     progress: &Progress,
 ) {
     let mut s = stats.borrow_mut();
-    let e = s.entry(op).or_insert_with(OpStats::new);
+    let e = s.entry(op).or_default();
     progress.done.fetch_add(1, Relaxed);
     match result {
         Ok(d) => {
@@ -228,7 +234,7 @@ pub fn run_phase(
     for h in handles {
         let part = h.join().expect("loadgen thread panicked");
         for (k, v) in part {
-            ops.entry(k).or_insert_with(OpStats::new).merge(&v);
+            ops.entry(k).or_default().merge(&v);
         }
     }
     let elapsed = start.elapsed();
@@ -239,7 +245,7 @@ pub fn run_phase(
     let unsent = scheduled.saturating_sub(shared.started.load(Relaxed));
     if unsent > 0 {
         let op = phase.requests(params, 0)[0].op;
-        let e = ops.entry(op).or_insert_with(OpStats::new);
+        let e = ops.entry(op).or_default();
         *e.errors.entry("not_sent".into()).or_default() += unsent as u64;
     }
     PhaseResult {

@@ -14,6 +14,10 @@ pub enum OpKind {
     /// Time from a write on the first target until every other target
     /// lists it.
     Converge,
+    /// gRPC `push`: time from a write until one subscriber's push.
+    Push,
+    /// gRPC `push`: time from a write until the last subscriber's push.
+    PushAll,
 }
 
 impl OpKind {
@@ -24,6 +28,8 @@ impl OpKind {
             OpKind::List => "list",
             OpKind::Deregister => "deregister",
             OpKind::Converge => "converge",
+            OpKind::Push => "push",
+            OpKind::PushAll => "push_all",
         }
     }
 }
