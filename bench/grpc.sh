@@ -38,7 +38,7 @@ rss_kb() { awk '/VmRSS/ {print $2}' "/proc/$1/status"; }
 
 start_dr() {
   $ON_SERVER target/release/distro-registry --bind 127.0.0.1:$DR_PORT --cores 1 --log-level warn \
-    --max-connections $((CLIENTS + 1000)) &
+    --max-connections $((CLIENTS + 1000)) --subscribers-per-service-max $((CLIENTS + 1000)) &
   DR_PID=$!; PIDS+=($DR_PID); wait_http $DR_PORT
 }
 start_rn() {

@@ -130,16 +130,13 @@ fn deliver(ctx: &ShardCtx, p: &crate::push::state::GrpcPush) {
     if !c.subscribed.contains_key(p.svc.full_key()) {
         return;
     }
-    let info = naming::service_info(&p.list_json, &p.svc, |t| c.ref_time(&p.svc, t));
+    let info = push_info(p, &mut c);
     c.next_push_id += 1;
-    let id = c.next_push_id.to_string();
-    let body = serde_json::to_vec(&json!({
-        "headers": {},
-        "requestId": id,
-        "module": "naming",
-        "serviceInfo": info,
-    }))
-    .unwrap_or_default();
+    let body = format!(
+        r#"{{"headers":{{}},"requestId":"{}","module":"naming","serviceInfo":{info}}}"#,
+        c.next_push_id
+    )
+    .into_bytes();
     let frame = Bytes::from(codec::encode_framed("NotifySubscriberRequest", &body));
     let push_id = c.next_push_id;
     if !c
@@ -154,6 +151,44 @@ fn deliver(ctx: &ShardCtx, p: &crate::push::state::GrpcPush) {
     }
     c.write(frame);
     ctx.stats().grpc_pushes_sent.fetch_add(1, Ordering::Relaxed);
+}
+
+/// A rendered push: (service key, list JSON, its lastRefTime, the
+/// serviceInfo JSON).
+type RenderedInfo = (String, Bytes, u64, Rc<str>);
+
+thread_local! {
+    /// The last push rendered on this shard. A change reaches every
+    /// subscriber on this shard with the same list, which is parsed and
+    /// rendered once, not once per subscriber.
+    static LAST_INFO: RefCell<Option<RenderedInfo>> = const { RefCell::new(None) };
+}
+
+/// The `serviceInfo` JSON of a push to one connection: the shard's shared
+/// rendering, unless the connection needs a larger `lastRefTime` than the
+/// list's (it was sent a later one before).
+fn push_info(p: &crate::push::state::GrpcPush, c: &mut Client) -> Rc<str> {
+    let (list_time, shared) = LAST_INFO.with(|cell| {
+        let mut cell = cell.borrow_mut();
+        let fresh =
+            matches!(&*cell, Some((k, b, ..)) if k == p.svc.full_key() && *b == p.list_json);
+        if !fresh {
+            let mut own = 0;
+            let v = naming::service_info(&p.list_json, &p.svc, |t| {
+                own = t;
+                t
+            });
+            let text: Rc<str> = Rc::from(v.to_string());
+            *cell = Some((p.svc.full_key().to_string(), p.list_json.clone(), own, text));
+        }
+        let (_, _, t, text) = cell.as_ref().expect("set above");
+        (*t, text.clone())
+    });
+    let r = c.ref_time(&p.svc, list_time);
+    if r == list_time {
+        return shared;
+    }
+    Rc::from(naming::service_info(&p.list_json, &p.svc, |_| r).to_string())
 }
 
 /// The shard's sweep over its gRPC connections: probes the idle ones,
