@@ -177,6 +177,9 @@ fn measure(imp: Imp, calls: usize, conns: usize) -> (f64, f64) {
                 }
                 let elapsed = start.elapsed().as_secs_f64();
                 let cpu = (cpu_ns(&task) - before) as f64;
+                for c in keep {
+                    c.close().await;
+                }
                 let n = (calls / conns * conns) as f64;
                 (n / elapsed, cpu / n / 1000.0)
             },

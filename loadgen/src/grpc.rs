@@ -11,6 +11,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use distro_registry::grpc::codec;
+use futures_channel::oneshot;
 use monoio::net::TcpStream;
 use serde_json::{json, Value};
 
@@ -22,6 +23,10 @@ pub struct GrpcConn {
     send: h2::client::SendRequest<Bytes>,
     timeout: Duration,
     next_id: u64,
+    /// Ends the stream's reader (`close`).
+    stop_reader: Option<oneshot::Sender<()>>,
+    reader: Option<monoio::task::JoinHandle<()>>,
+    driver: Option<monoio::task::JoinHandle<()>>,
 }
 
 /// Called with each pushed `serviceInfo` (on the connection's thread).
@@ -80,13 +85,16 @@ impl GrpcConn {
             .try_into_poll_io()
             .map_err(|(e, _)| format!("poll-io: {e}"))?;
         let (send, conn) = h2::client::handshake(io).await.map_err(err)?;
-        monoio::spawn(async move {
+        let driver = monoio::spawn(async move {
             let _ = conn.await;
         });
         let mut c = GrpcConn {
             send,
             timeout,
             next_id: 0,
+            stop_reader: None,
+            reader: None,
+            driver: Some(driver),
         };
         let (kind, _) = c.unary("ServerCheckRequest", json!({})).await?;
         if kind != "ServerCheckResponse" {
@@ -125,11 +133,18 @@ impl GrpcConn {
             false,
         )
         .map_err(err)?;
-        monoio::spawn(async move {
+        let (stop, mut stopped) = oneshot::channel::<()>();
+        self.stop_reader = Some(stop);
+        self.reader = Some(monoio::spawn(async move {
             let Ok(resp) = resp.await else { return };
             let mut body = resp.into_body();
             let mut buf = Vec::new();
-            while let Ok(Some(m)) = messages(&mut body, &mut buf).await {
+            loop {
+                let next = monoio::select! {
+                    m = messages(&mut body, &mut buf) => m,
+                    _ = &mut stopped => return,
+                };
+                let Ok(Some(m)) = next else { return };
                 let Ok(p) = codec::decode(&m) else { continue };
                 let v: Value = serde_json::from_slice(&p.body).unwrap_or(Value::Null);
                 let id = v["requestId"].as_str().unwrap_or("").to_string();
@@ -148,8 +163,33 @@ impl GrpcConn {
                     return;
                 }
             }
-        });
+        }));
         Ok(())
+    }
+
+    /// Closes the connection in order: the stream's reader ends and drops
+    /// its halves in its own task, then the connection's driver finishes.
+    /// (Leaving them to the runtime's teardown can deadlock: a task
+    /// dropped from inside h2's wake-up takes h2's lock again.)
+    pub async fn close(self) {
+        let GrpcConn {
+            send,
+            timeout,
+            stop_reader,
+            reader,
+            driver,
+            ..
+        } = self;
+        if let Some(s) = stop_reader {
+            let _ = s.send(());
+        }
+        if let Some(r) = reader {
+            r.await;
+        }
+        drop(send);
+        if let Some(d) = driver {
+            let _ = monoio::time::timeout(timeout, d).await;
+        }
     }
 
     /// One unary request: the response type and JSON body.

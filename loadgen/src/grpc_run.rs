@@ -268,7 +268,36 @@ async fn burst_thread(
         let s = stats.borrow().clone();
         out.push(s);
     }
+    for c in clients {
+        c.conn.close().await;
+    }
     out
+}
+
+/// One write of the push scenario over HTTP (reconnecting after an error).
+async fn write(
+    conn: &mut Option<Conn>,
+    http: SocketAddr,
+    timeout: Duration,
+    method: &'static str,
+    svc: &str,
+    ip: &str,
+) -> bool {
+    if conn.is_none() {
+        *conn = Conn::connect(http, timeout).await.ok();
+    }
+    let path = format!("/nacos/v1/ns/instance?serviceName={svc}&ip={ip}&port=9000&ephemeral=false");
+    let ok = match conn.as_mut() {
+        Some(w) => w
+            .request(method, &path)
+            .await
+            .is_ok_and(|r| r.status == 200),
+        None => false,
+    };
+    if !ok {
+        *conn = None;
+    }
+    ok
 }
 
 /// When each subscriber first saw change j: `seen[j][subscriber]`.
@@ -345,7 +374,9 @@ pub fn push(
                     while !writer_done.load(Relaxed) {
                         monoio::time::sleep(Duration::from_millis(20)).await;
                     }
-                    drop(keep);
+                    for c in keep {
+                        c.close().await;
+                    }
                 })
             })
         })
@@ -361,42 +392,24 @@ pub fn push(
     let ip = |j: usize| format!("10.200.{}.{}", (j >> 8) & 255, j & 255);
     let cpu = server_pid.and_then(cpu_seconds);
     let start = Instant::now();
-    let mut writer: Option<Conn> = None;
-    let mut write = |method: &'static str, path: String| {
-        block_on(async {
-            if writer.is_none() {
-                writer = Conn::connect(http, config.timeout).await.ok();
-            }
-            let ok = match writer.as_mut() {
-                Some(w) => w
-                    .request(method, &path)
-                    .await
-                    .is_ok_and(|r| r.status == 200),
-                None => false,
-            };
-            if !ok {
-                writer = None;
-            }
-            ok
-        })
-    };
-    for j in 0..changes {
-        let path = format!(
-            "/nacos/v1/ns/instance?serviceName={svc}&ip={}&port=9000&ephemeral=false",
-            ip(j)
-        );
-        let t = Instant::now();
-        if !write("POST", path) {
-            *all.errors.entry("write".into()).or_default() += 1;
-            continue;
-        }
-        let deadline = t + PUSH_WAIT_MAX;
-        loop {
-            let got: Vec<Instant> = seen.lock().unwrap()[j].iter().flatten().copied().collect();
-            if got.len() < subs && Instant::now() < deadline {
-                std::thread::sleep(Duration::from_micros(200));
+    // The writer's connection lives in one runtime for the whole run (a
+    // socket must not move between runtimes: the epoll driver loses it).
+    let (elapsed, cpu_after) = block_on(async {
+        let mut writer: Option<Conn> = None;
+        for j in 0..changes {
+            let t = Instant::now();
+            if !write(&mut writer, http, config.timeout, "POST", &svc, &ip(j)).await {
+                *all.errors.entry("write".into()).or_default() += 1;
                 continue;
             }
+            let deadline = t + PUSH_WAIT_MAX;
+            let got = loop {
+                let got: Vec<Instant> = seen.lock().unwrap()[j].iter().flatten().copied().collect();
+                if got.len() >= subs || Instant::now() >= deadline {
+                    break got;
+                }
+                monoio::time::sleep(Duration::from_micros(200)).await;
+            };
             for at in &got {
                 let us = at.saturating_duration_since(t).as_micros() as u64;
                 let _ = each
@@ -418,22 +431,18 @@ pub fn push(
                         (subs - got.len()) as u64;
                 }
             }
-            break;
         }
-    }
-    let elapsed = start.elapsed();
-    let cpu_after = server_pid.and_then(cpu_seconds);
-    writer_done.store(true, Relaxed);
+        let elapsed = start.elapsed();
+        let cpu_after = server_pid.and_then(cpu_seconds);
+        writer_done.store(true, Relaxed);
+        // Cleanup, not measured: the persistent instances go.
+        for j in 0..changes {
+            write(&mut writer, http, config.timeout, "DELETE", &svc, &ip(j)).await;
+        }
+        (elapsed, cpu_after)
+    });
     for h in handles {
         let _ = h.join();
-    }
-    // Cleanup, not measured: the persistent instances go.
-    for j in 0..changes {
-        let path = format!(
-            "/nacos/v1/ns/instance?serviceName={svc}&ip={}&port=9000&ephemeral=false",
-            ip(j)
-        );
-        write("DELETE", path);
     }
     let mut stats: Stats = BTreeMap::new();
     stats.insert(OpKind::Push, each);
