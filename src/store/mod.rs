@@ -251,6 +251,11 @@ impl Store {
     /// Replaces a deleted instance's record by a tombstone.
     fn bury(&mut self, svc_key: &Rc<str>, inst_key: Rc<str>, now_ms: u64) {
         let version = self.next_version(now_ms);
+        self.bury_at(svc_key, inst_key, version, now_ms);
+    }
+
+    /// Leaves a tombstone of `version` for an instance, purged after the TTL.
+    fn bury_at(&mut self, svc_key: &Rc<str>, inst_key: Rc<str>, version: Version, now_ms: u64) {
         if let Some(s) = self.services.get_mut(svc_key) {
             s.tombstones.insert(inst_key.clone(), version);
             self.purges.push_back((

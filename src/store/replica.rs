@@ -287,21 +287,14 @@ impl Store {
         for (svc_key, inst_key, version) in retire {
             let s = self.services.get_mut(&svc_key).expect("listed above");
             s.instances.remove(&inst_key);
-            self.instances -= 1;
-            let tomb = version.retired();
-            s.tombstones.insert(inst_key.clone(), tomb);
             s.touch(now_ms);
-            self.purges.push_back((
-                now_ms + self.tombstone_ttl_ms,
-                svc_key.clone(),
-                Some(inst_key),
-                tomb,
-            ));
+            self.instances -= 1;
+            self.bury_at(&svc_key, inst_key, version.retired(), now_ms);
+            // `retire` holds each service's instances together.
             if changed.last().map(String::as_str) != Some(&*svc_key) {
                 changed.push(svc_key.to_string());
             }
         }
-        changed.dedup();
         changed
     }
 
