@@ -43,8 +43,14 @@ pub struct ShardStats {
     pub grpc_push_retries: AtomicU64,
     /// Connections closed for not answering a `ClientDetectionRequest`.
     pub grpc_ejected: AtomicU64,
-    /// Requests this shard handed to another shard.
+    /// Messages this shard sent to other shards: requests and answers.
     pub cross_core_sent: AtomicU64,
+    /// Reads and beats of other shards' services answered here from a
+    /// read view, and those that found no current view.
+    pub view_hits: AtomicU64,
+    pub view_misses: AtomicU64,
+    /// Batches those messages left in (one wake-up of the receiver each).
+    pub cross_core_batches: AtomicU64,
     /// Requests refused because the target inbox was full.
     pub inbox_full: AtomicU64,
     /// Expiry timers armed.
@@ -102,6 +108,9 @@ impl Default for ShardStats {
             grpc_push_retries: AtomicU64::new(0),
             grpc_ejected: AtomicU64::new(0),
             cross_core_sent: AtomicU64::new(0),
+            cross_core_batches: AtomicU64::new(0),
+            view_hits: AtomicU64::new(0),
+            view_misses: AtomicU64::new(0),
             inbox_full: AtomicU64::new(0),
             timers_armed: AtomicU64::new(0),
             inflight: AtomicU64::new(0),
@@ -146,8 +155,17 @@ fn family(o: &mut String, name: &str, kind: &str, help: &str) {
     let _ = writeln!(o, "# TYPE {name} {kind}");
 }
 
-/// Renders the Prometheus page. `inbox_depth[i]` is shard i's queue length.
-pub fn render(shards: &[ShardStats], inbox_depth: &[usize], open_connections: usize) -> String {
+/// One shard's inbox as `/metrics` shows it.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct InboxStats {
+    /// Requests waiting.
+    pub depth: usize,
+    /// Times the shard woke up to drain it.
+    pub wakeups: u64,
+}
+
+/// Renders the Prometheus page. `inboxes[i]` is shard i's inbox.
+pub fn render(shards: &[ShardStats], inboxes: &[InboxStats], open_connections: usize) -> String {
     let mut out = String::with_capacity(16 * 1024);
     let sum = |f: Field| -> u64 { shards.iter().map(|s| f(s).load(Relaxed)).sum() };
     let o = &mut out;
@@ -183,7 +201,7 @@ pub fn render(shards: &[ShardStats], inbox_depth: &[usize], open_connections: us
         "registry_grpc_connections {}",
         sum(|s| &s.grpc_connections)
     );
-    let counters: [(&str, &str, Field); 19] = [
+    let counters: [(&str, &str, Field); 22] = [
         (
             "registry_forwarded_total",
             "Writes forwarded to the service's owner node.",
@@ -270,9 +288,24 @@ pub fn render(shards: &[ShardStats], inbox_depth: &[usize], open_connections: us
             |s| &s.grpc_ejected,
         ),
         (
-            "registry_cross_core_requests_total",
-            "Requests handed to the shard (core) that owns their service.",
+            "registry_cross_core_messages_total",
+            "Messages between shards (cores): requests to a service's owner and their answers.",
             |s| &s.cross_core_sent,
+        ),
+        (
+            "registry_cross_core_batches_total",
+            "Batches those messages travelled in (each one channel send and one wake-up).",
+            |s| &s.cross_core_batches,
+        ),
+        (
+            "registry_read_view_hits_total",
+            "Reads and beats of another core's service answered from its read view, without asking it.",
+            |s| &s.view_hits,
+        ),
+        (
+            "registry_read_view_misses_total",
+            "Reads and beats of another core's service that found no current view and asked its owner.",
+            |s| &s.view_misses,
         ),
         (
             "registry_inbox_full_total",
@@ -395,8 +428,52 @@ pub fn render(shards: &[ShardStats], inbox_depth: &[usize], open_connections: us
         "gauge",
         "Messages waiting in each shard's inbox.",
     );
-    for (i, d) in inbox_depth.iter().enumerate() {
-        let _ = writeln!(o, "registry_shard_inbox_depth{{shard=\"{i}\"}} {d}");
+    for (i, d) in inboxes.iter().enumerate() {
+        let _ = writeln!(o, "registry_shard_inbox_depth{{shard=\"{i}\"}} {}", d.depth);
     }
+    let wakeups: u64 = inboxes.iter().map(|i| i.wakeups).sum();
+    family(
+        o,
+        "registry_cross_core_wakeups_total",
+        "counter",
+        "Times a shard woke up to drain messages from other shards.",
+    );
+    let _ = writeln!(o, "registry_cross_core_wakeups_total {wakeups}");
+    // Per request answered (HTTP and unary gRPC), since start.
+    let requests: u64 = shards
+        .iter()
+        .map(|s| {
+            s.requests.iter().map(|c| c.load(Relaxed)).sum::<u64>() + s.grpc_requests.load(Relaxed)
+        })
+        .sum();
+    let per = |n: u64| {
+        if requests == 0 {
+            0.0
+        } else {
+            n as f64 / requests as f64
+        }
+    };
+    family(
+        o,
+        "registry_cross_core_messages_per_request",
+        "gauge",
+        "Cross-core messages per request answered, since start.",
+    );
+    let _ = writeln!(
+        o,
+        "registry_cross_core_messages_per_request {:.4}",
+        per(sum(|s| &s.cross_core_sent))
+    );
+    family(
+        o,
+        "registry_cross_core_wakeups_per_request",
+        "gauge",
+        "Cross-core wake-ups per request answered, since start.",
+    );
+    let _ = writeln!(
+        o,
+        "registry_cross_core_wakeups_per_request {:.4}",
+        per(wakeups)
+    );
     out
 }

@@ -240,18 +240,6 @@ fn beats() {
     assert_eq!(r.json()["clientBeatInterval"], 1234);
 }
 
-pub fn urlencode(s: &str) -> String {
-    let mut o = String::new();
-    for b in s.bytes() {
-        if b.is_ascii_alphanumeric() || b"-_.~".contains(&b) {
-            o.push(b as char);
-        } else {
-            o.push_str(&format!("%{b:02X}"));
-        }
-    }
-    o
-}
-
 #[test]
 fn bad_input_is_400_naming_the_parameter_and_changes_nothing() {
     let n = Node::start(&[]);
@@ -427,7 +415,7 @@ fn services_spread_over_cores_answer_from_any_core() {
     assert!(shard_services.iter().all(|c| *c > 0), "{shard_services:?}");
     let cross: u64 = m
         .lines()
-        .find(|l| l.starts_with("registry_cross_core_requests_total "))
+        .find(|l| l.starts_with("registry_cross_core_messages_total "))
         .and_then(|l| l.rsplit(' ').next())
         .unwrap()
         .parse()

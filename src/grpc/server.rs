@@ -114,10 +114,9 @@ pub fn push_to(ctx: &ShardCtx, p: crate::push::state::GrpcPush) {
     }
     let shard = p.to.shard;
     let msg = crate::shard::ShardMsg::Run(Box::new(move |c: &ShardCtx| deliver(c, &p)));
-    ctx.stats().cross_core_sent.fetch_add(1, Ordering::Relaxed);
-    if ctx.shared.inboxes[shard].send(msg).is_err() {
-        ctx.stats().inbox_full.fetch_add(1, Ordering::Relaxed);
-    }
+    // A full inbox drops the push (counted as inbox_full); the sweep does
+    // not resend what never reached the connection's shard.
+    let _ = ctx.post(shard, msg);
 }
 
 /// Writes a `NotifySubscriberRequest` on the connection's stream (on the

@@ -247,11 +247,19 @@ async fn dispatch(
         },
         Action::OperatorMetrics => crate::api::operator::metrics(&ctx.shared),
         Action::Metrics => {
-            let depths: Vec<usize> = ctx.shared.inboxes.iter().map(|i| i.depth()).collect();
+            let inboxes: Vec<crate::metrics::InboxStats> = ctx
+                .shared
+                .inboxes
+                .iter()
+                .map(|i| crate::metrics::InboxStats {
+                    depth: i.depth(),
+                    wakeups: i.wakeups.load(Ordering::Relaxed),
+                })
+                .collect();
             let open = ctx.shared.open_connections.load(Ordering::Relaxed);
             let mut r = Reply::text(
                 200,
-                crate::metrics::render(&ctx.shared.stats, &depths, open),
+                crate::metrics::render(&ctx.shared.stats, &inboxes, open),
             );
             r.kind = crate::reply::Body::Metrics;
             r
@@ -271,13 +279,111 @@ pub async fn run_op(
     if target == ctx.id {
         return ctx.execute(op, subscription, now_ms());
     }
+    if op.reads_view() {
+        let (mut op, mut subscription) = (Some(op), subscription);
+        if let Some(reply) = read_here(ctx, target, &mut op, &mut subscription) {
+            return reply;
+        }
+        let op = op.expect("given back when not answered");
+        return read_at_owner(ctx, target, op, subscription).await;
+    }
     let (tx, rx) = oneshot::channel();
     let msg = ShardMsg::Op {
         op,
         subscription,
+        from: ctx.id,
         reply: tx,
     };
     ask(ctx, target, msg, rx).await
+}
+
+/// Answers a read or a beat for another shard's service from the view
+/// that shard published, without asking it: lists, details and service
+/// gets from the view; a beat of a known healthy instance is answered and
+/// handed to the owner in this turn's batch. None, with `op` left in
+/// place, when there is no current view or the owner must decide (an
+/// unknown or unhealthy instance's beat).
+fn read_here(
+    ctx: &Rc<ShardCtx>,
+    owner: usize,
+    op: &mut Option<crate::store::Op>,
+    subscription: &mut Option<api::Subscription>,
+) -> Option<Reply> {
+    use crate::store::{render, Op};
+    let o = op.as_ref()?;
+    let slot = ctx.views.borrow().get(o.service().full_key()).cloned();
+    let Some(view) = slot.and_then(|s| s.load()) else {
+        ctx.stats().view_misses.fetch_add(1, Ordering::Relaxed);
+        return None;
+    };
+    let reply = match o {
+        Op::List { variant, .. } => Reply::json(view.list(variant)),
+        Op::GetInstance { svc, addr } => match view.instance(&addr.key()) {
+            Some(i) => Reply::json(render::instance_json(svc, i)),
+            None => crate::store::instance_not_found(svc, addr),
+        },
+        Op::GetService { .. } => Reply::json(render::service_json(&view)),
+        Op::Beat { addr, .. } => {
+            let interval = match view.instance(&addr.key()) {
+                Some(i) if i.healthy => i.timeouts.beat_interval_ms,
+                _ => return None,
+            };
+            let beat = op.take().expect("checked above");
+            if ctx.post_lazy(owner, ShardMsg::Beat(beat)).is_err() {
+                return Some(Reply::text(503, "shard busy, retry"));
+            }
+            ctx.stats().view_hits.fetch_add(1, Ordering::Relaxed);
+            return Some(crate::store::beat_reply(10200, interval));
+        }
+        _ => return None,
+    };
+    if let Some(sub) = subscription.take() {
+        // The subscriber is recorded by the owner, in this turn's batch.
+        let svc = o.service().clone();
+        let msg = ShardMsg::Run(Box::new(move |c: &ShardCtx| {
+            c.state.borrow_mut().push.subscribe(&svc, sub, now_ms());
+        }));
+        if ctx.post_lazy(owner, msg).is_err() {
+            return Some(Reply::text(503, "shard busy, retry"));
+        }
+    }
+    ctx.stats().view_hits.fetch_add(1, Ordering::Relaxed);
+    Some(reply)
+}
+
+/// A read or beat through the owner; keeps the view slot it answers with.
+async fn read_at_owner(
+    ctx: &Rc<ShardCtx>,
+    owner: usize,
+    op: crate::store::Op,
+    subscription: Option<api::Subscription>,
+) -> Reply {
+    let key: Box<str> = op.service().full_key().into();
+    let (tx, rx) = oneshot::channel();
+    let msg = ShardMsg::Read {
+        op,
+        subscription,
+        from: ctx.id,
+        reply: tx,
+    };
+    if ctx.post(owner, msg).is_err() {
+        return Reply::text(503, "shard busy, retry");
+    }
+    match rx.await {
+        Ok((reply, slot)) => {
+            let mut views = ctx.views.borrow_mut();
+            match slot {
+                Some(slot) => {
+                    views.insert(key, slot);
+                }
+                None => {
+                    views.remove(&key);
+                }
+            }
+            reply
+        }
+        Err(_) => Reply::text(500, "shard did not answer"),
+    }
 }
 
 /// Every shard's service names of `namespace` and `group`, sorted.
@@ -296,6 +402,7 @@ pub async fn service_names(
         let msg = ShardMsg::ServiceNames {
             namespace: namespace.to_string(),
             group: group.to_string(),
+            from: ctx.id,
             reply: tx,
         };
         names.extend(ask::<_, Result<_, Reply>>(ctx, shard, msg, rx).await?);
@@ -322,9 +429,7 @@ async fn ask<T, R: AskReply<T>>(
     msg: ShardMsg,
     rx: oneshot::Receiver<T>,
 ) -> R {
-    ctx.stats().cross_core_sent.fetch_add(1, Ordering::Relaxed);
-    if ctx.shared.inboxes[target].send(msg).is_err() {
-        ctx.stats().inbox_full.fetch_add(1, Ordering::Relaxed);
+    if ctx.post(target, msg).is_err() {
         return R::fail(Reply::text(503, "shard busy, retry"));
     }
     match rx.await {

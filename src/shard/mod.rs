@@ -27,8 +27,9 @@ use crate::push::state::{PushConfig, PushState};
 use crate::reply::Reply;
 use crate::store::instance::Timeouts;
 use crate::store::service::ListVariant;
+use crate::store::view::ViewSlot;
 use crate::store::{Op, Store};
-use inbox::Inbox;
+use inbox::{Inbox, Mail};
 
 /// Longest pause of a shard's housekeeping tick (expiry, pushes, shutdown).
 const TICK_MS_MAX: u64 = 100;
@@ -36,6 +37,13 @@ const TICK_MS_MAX: u64 = 100;
 const TICK_MS_MIN: u64 = 5;
 /// Ticks per `--sync-delay-ms` on a clustered node.
 const REPLICATION_TICKS_PER_DELAY: u64 = 4;
+/// Longest wait of a message posted lazily (a beat answered from a view)
+/// before it leaves for its shard: far under any beat timeout, so the
+/// owner's expiry never sees a beat late.
+pub const LAZY_FLUSH_MS: u64 = 5;
+/// How often a shard drops the view slots of services gone from their
+/// owners.
+const VIEWS_SWEEP_MS: u64 = 1_000;
 /// Largest datagram accepted on the push socket (acks are small).
 const UDP_RECV_BYTES: usize = 64 * 1024;
 
@@ -53,17 +61,34 @@ pub enum ShardMsg {
     Op {
         op: Op,
         subscription: Option<Subscription>,
+        /// The asking shard, where the answer goes back.
+        from: usize,
         reply: oneshot::Sender<Reply>,
     },
     /// Names of the services of a namespace and group on this shard.
     ServiceNames {
         namespace: String,
         group: String,
+        from: usize,
         reply: oneshot::Sender<Vec<String>>,
     },
+    /// A read or a beat that another shard could not answer from a view:
+    /// the answer, and the service's view slot for next time.
+    Read {
+        op: Op,
+        subscription: Option<Subscription>,
+        from: usize,
+        reply: oneshot::Sender<(Reply, Option<Arc<ViewSlot>>)>,
+    },
+    /// A beat another shard answered from its view: apply it, answer no
+    /// one.
+    Beat(Op),
     /// Any other work on this shard's state (peer endpoints, cluster
     /// loops): run it and let it send its own answer.
     Run(Box<dyn FnOnce(&ShardCtx) + Send>),
+    /// An answer back on the asking shard: completes its waiter there (so
+    /// that answers travel in batches too, and wake their task locally).
+    Done(Box<dyn FnOnce() + Send>),
 }
 
 /// Ops whose changes are replicated (everything but reads).
@@ -118,6 +143,11 @@ pub struct ShardCtx {
     pub limits: Limits,
     /// This shard's cluster part; None standalone.
     pub cluster: Option<crate::cluster::shard::ClusterCtx>,
+    /// Messages for other shards, leaving at the end of this turn.
+    pub mail: Mail<ShardMsg>,
+    /// The view slots of other shards' services read through this shard
+    /// (at most one per service; a dead one is dropped by the tick).
+    pub views: RefCell<crate::store::Map<Box<str>, Arc<ViewSlot>>>,
 }
 
 impl ShardCtx {
@@ -169,27 +199,94 @@ impl ShardCtx {
             .store(st.store.future_versions_refused(), Ordering::Relaxed);
     }
 
-    fn handle_msg(&self, msg: ShardMsg) {
+    /// Handles one message; true when it was a request (it held a place
+    /// in this shard's inbox).
+    fn handle_msg(&self, msg: ShardMsg) -> bool {
         match msg {
             ShardMsg::Op {
                 op,
                 subscription,
+                from,
                 reply,
             } => {
                 let r = self.execute(op, subscription, now_ms());
                 // The asking side may have gone (connection closed): fine.
-                let _ = reply.send(r);
+                self.answer(from, move || {
+                    let _ = reply.send(r);
+                });
             }
             ShardMsg::ServiceNames {
                 namespace,
                 group,
+                from,
                 reply,
             } => {
                 let names = self.state.borrow().store.service_names(&namespace, &group);
-                let _ = reply.send(names);
+                self.answer(from, move || {
+                    let _ = reply.send(names);
+                });
+            }
+            ShardMsg::Read {
+                op,
+                subscription,
+                from,
+                reply,
+            } => {
+                let now = now_ms();
+                let key = op.service().full_key().to_string();
+                let r = self.execute(op, subscription, now);
+                let slot = self.state.borrow_mut().store.share_view(&key, now);
+                self.answer(from, move || {
+                    let _ = reply.send((r, slot));
+                });
+            }
+            ShardMsg::Beat(op) => {
+                let _ = self.execute(op, None, now_ms());
             }
             ShardMsg::Run(f) => f(self),
+            ShardMsg::Done(f) => {
+                f();
+                return false;
+            }
         }
+        true
+    }
+
+    /// Queues a request for shard `to` (another shard): it leaves with
+    /// this turn's batch. Refused when `to`'s inbox is full.
+    pub fn post(&self, to: usize, msg: ShardMsg) -> Result<(), inbox::SendError> {
+        self.reserve_at(to)?;
+        self.mail.post(to, msg);
+        Ok(())
+    }
+
+    /// A place in shard `to`'s inbox for one more request.
+    fn reserve_at(&self, to: usize) -> Result<(), inbox::SendError> {
+        if !self.shared.inboxes[to].reserve() {
+            self.stats().inbox_full.fetch_add(1, Ordering::Relaxed);
+            return Err(inbox::SendError::Full);
+        }
+        self.stats().cross_core_sent.fetch_add(1, Ordering::Relaxed);
+        Ok(())
+    }
+
+    /// Queues a message that wants no answer and no haste (a beat answered
+    /// from a view, a subscriber's refresh) for shard `to`: it leaves with
+    /// the next batch to anyone, at the latest `LAZY_FLUSH_MS` later.
+    pub fn post_lazy(&self, to: usize, msg: ShardMsg) -> Result<(), inbox::SendError> {
+        self.reserve_at(to)?;
+        self.mail.post_lazy(to, msg);
+        Ok(())
+    }
+
+    /// Completes a request of shard `to`: there, in its next batch (here at
+    /// once when it is this shard).
+    pub fn answer(&self, to: usize, done: impl FnOnce() + Send + 'static) {
+        if to == self.id {
+            return done();
+        }
+        self.stats().cross_core_sent.fetch_add(1, Ordering::Relaxed);
+        self.mail.post(to, ShardMsg::Done(Box::new(done)));
     }
 
     /// Runs `f` on shard `target` (here when it is this shard) and returns
@@ -203,12 +300,14 @@ impl ShardCtx {
             return Ok(f(self));
         }
         let (tx, rx) = oneshot::channel();
+        let from = self.id;
         let msg = ShardMsg::Run(Box::new(move |c: &ShardCtx| {
-            let _ = tx.send(f(c));
+            let v = f(c);
+            c.answer(from, move || {
+                let _ = tx.send(v);
+            });
         }));
-        self.stats().cross_core_sent.fetch_add(1, Ordering::Relaxed);
-        if self.shared.inboxes[target].send(msg).is_err() {
-            self.stats().inbox_full.fetch_add(1, Ordering::Relaxed);
+        if self.post(target, msg).is_err() {
             return Err(Reply::text(503, "shard busy, retry"));
         }
         rx.await
@@ -233,7 +332,7 @@ impl ShardCtx {
 pub fn run(
     id: usize,
     shared: Arc<Shared>,
-    rx: Receiver<ShardMsg>,
+    rx: Receiver<Vec<ShardMsg>>,
     listener: std::net::TcpListener,
     grpc: Option<std::net::TcpListener>,
 ) {
@@ -257,7 +356,7 @@ pub fn run(
 async fn shard_main(
     id: usize,
     shared: Arc<Shared>,
-    rx: Receiver<ShardMsg>,
+    rx: Receiver<Vec<ShardMsg>>,
     listener: std::net::TcpListener,
     grpc: Option<std::net::TcpListener>,
 ) {
@@ -290,6 +389,8 @@ async fn shard_main(
             store: Store::new(defaults, c.expiry_tick_ms, now),
             push: PushState::new(push),
         }),
+        mail: Mail::new(shared.inboxes.len()),
+        views: RefCell::new(crate::store::Map::default()),
         shared: shared.clone(),
     });
     let listener = match monoio::net::TcpListener::from_std(listener) {
@@ -310,6 +411,7 @@ async fn shard_main(
     ctx.state.borrow_mut().store.set_writer(writer);
     crate::cluster::driver::spawn(&ctx);
     monoio::spawn(inbox_loop(ctx.clone(), rx));
+    monoio::spawn(flush_loop(ctx.clone()));
     monoio::spawn(udp_recv_loop(ctx.clone(), udp.clone()));
     let canceller = monoio::io::Canceller::new();
     let handle = canceller.handle();
@@ -349,14 +451,39 @@ async fn shard_main(
     tracing::info!(shard = id, unfinished = inflight(), "shard stopped");
 }
 
-async fn inbox_loop(ctx: Rc<ShardCtx>, rx: Receiver<ShardMsg>) {
+async fn inbox_loop(ctx: Rc<ShardCtx>, rx: Receiver<Vec<ShardMsg>>) {
     let inbox = &ctx.shared.inboxes[ctx.id];
     loop {
         inbox.ready(&rx).await;
         // Drain everything queued in this one wake-up (at most
-        // `inbox_capacity` messages).
-        while let Ok(msg) = rx.try_recv() {
-            ctx.handle_msg(msg);
+        // `inbox_capacity` requests, and their answers).
+        while let Ok(batch) = rx.try_recv() {
+            let mut requests = 0;
+            for msg in batch {
+                requests += usize::from(ctx.handle_msg(msg));
+            }
+            inbox.taken(requests);
+        }
+    }
+}
+
+/// Sends what this shard's tasks posted for other shards during one turn
+/// of the event loop: one batch and one wake-up per destination.
+async fn flush_loop(ctx: Rc<ShardCtx>) {
+    let lazy = Duration::from_millis(LAZY_FLUSH_MS);
+    loop {
+        ctx.mail.posted().await;
+        if ctx.mail.lazy_waiting() && !ctx.mail.flush_due() {
+            // Only lazy messages: they wait for a flush someone calls
+            // for, or for the timer.
+            let _ = monoio::time::timeout(lazy, ctx.mail.posted()).await;
+        }
+        for (to, batch) in ctx.mail.take() {
+            ctx.stats()
+                .cross_core_batches
+                .fetch_add(1, Ordering::Relaxed);
+            // Closed only while the process exits.
+            let _ = ctx.shared.inboxes[to].send_batch(batch);
         }
     }
 }
@@ -395,6 +522,7 @@ async fn tick_loop(ctx: Rc<ShardCtx>, udp: Rc<UdpSocket>, canceller: monoio::io:
     let mut out = Vec::new();
     let mut grpc_out = Vec::new();
     let mut last_tick = now_ms();
+    let mut views_swept = last_tick;
     loop {
         monoio::time::sleep(tick).await;
         if ctx.shared.shutdown.load(Ordering::Relaxed) {
@@ -417,6 +545,10 @@ async fn tick_loop(ctx: Rc<ShardCtx>, udp: Rc<UdpSocket>, canceller: monoio::io:
             );
         }
         last_tick = now;
+        if now >= views_swept + VIEWS_SWEEP_MS {
+            views_swept = now;
+            ctx.views.borrow_mut().retain(|_, slot| !slot.is_dead());
+        }
         ctx.cluster_tick(now);
         {
             let view = ctx

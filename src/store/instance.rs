@@ -1,6 +1,5 @@
 //! One registered instance and the values a write supplies for it.
 
-use std::rc::Rc;
 use std::sync::Arc;
 
 /// Metadata: sorted, so that serialization is deterministic; a sorted
@@ -195,21 +194,31 @@ pub struct InstanceSpec {
     pub metadata: Metadata,
 }
 
-/// A stored instance.
-#[derive(Debug, Clone)]
-pub struct Instance {
-    /// `ip#port#cluster`, shared with the expiry timer that watches it.
-    pub key: Rc<str>,
+/// What lists, details and read views show of an instance. Shared,
+/// immutable, with the read views of other cores (`store::view`): a
+/// change through `Instance`'s `DerefMut` copies it first when a view
+/// still holds it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct InstanceData {
+    /// `ip#port#cluster`, shared with the instance map and the expiry
+    /// timer that watches it.
+    pub key: Arc<str>,
     pub addr: InstanceAddr,
     pub weight: f64,
     pub healthy: bool,
     pub enabled: bool,
     pub ephemeral: bool,
     pub metadata: Metadata,
-    /// Server time of the last beat (or of the register), ms since epoch.
-    pub last_beat_ms: u64,
     /// Effective timeouts: node defaults overridden by metadata.
     pub timeouts: Timeouts,
+}
+
+/// A stored instance: its shown data, and what only its owner shard uses.
+#[derive(Debug, Clone)]
+pub struct Instance {
+    pub data: Arc<InstanceData>,
+    /// Server time of the last beat (or of the register), ms since epoch.
+    pub last_beat_ms: u64,
     /// Whether an expiry timer is armed for this instance (at most one).
     pub timer_armed: bool,
     /// The gRPC connection that published it: such an instance needs no
@@ -219,4 +228,18 @@ pub struct Instance {
     pub conn: Option<Arc<Lease>>,
     /// Version of the last state change (not bumped by plain beats).
     pub version: crate::distro::hlc::Version,
+}
+
+impl std::ops::Deref for Instance {
+    type Target = InstanceData;
+    fn deref(&self) -> &InstanceData {
+        &self.data
+    }
+}
+
+/// Writes copy the shown data when a read view still shares it.
+impl std::ops::DerefMut for Instance {
+    fn deref_mut(&mut self) -> &mut InstanceData {
+        Arc::make_mut(&mut self.data)
+    }
 }

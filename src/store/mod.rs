@@ -10,16 +10,18 @@ pub mod instance;
 pub mod render;
 pub mod replica;
 pub mod service;
+pub mod view;
 
 use std::collections::{HashMap, VecDeque};
 use std::rc::Rc;
+use std::sync::Arc;
 
 use bytes::Bytes;
 
 use crate::distro::hlc::{Hlc, Version};
 use crate::reply::Reply;
 use expiry::TimerWheel;
-use instance::{Instance, InstanceAddr, InstanceSpec, Metadata, Timeouts};
+use instance::{Instance, InstanceAddr, InstanceData, InstanceSpec, Metadata, Timeouts};
 use service::{ListVariant, Service, ServiceId};
 
 /// What a beat JSON adds to a beat: enough to register the instance when it
@@ -97,6 +99,14 @@ pub enum Op {
 }
 
 impl Op {
+    /// Reads and beats: what a read view may answer on any core.
+    pub fn reads_view(&self) -> bool {
+        matches!(
+            self,
+            Op::List { .. } | Op::GetInstance { .. } | Op::GetService { .. } | Op::Beat { .. }
+        )
+    }
+
     pub fn service(&self) -> &ServiceId {
         match self {
             Op::Register { svc, .. }
@@ -167,6 +177,12 @@ impl Stamp {
     }
 }
 
+/// A service read through another core gets its view built by such a read
+/// only once it has not changed for this long: a service under a stream
+/// of writes is read through its owner instead of being copied for every
+/// read between two writes. (Lists build it at once: they render anyway.)
+pub const VIEW_BUILD_QUIET_MS: u64 = 50;
+
 /// Tombstones outlive the delete timeout by two verify rounds (5 s each).
 pub const TOMBSTONE_VERIFY_ROUNDS_MS: u64 = 2 * 5_000;
 
@@ -176,12 +192,12 @@ pub type Map<K, V> = HashMap<K, V, foldhash::fast::RandomState>;
 
 /// A tombstone's purge: (at, service key, instance key or None for the
 /// service, the tombstone's version).
-type Purge = (u64, Rc<str>, Option<Rc<str>>, Version);
+type Purge = (u64, Rc<str>, Option<Arc<str>>, Version);
 
 /// One shard's services.
 pub struct Store {
     services: Map<Rc<str>, Service>,
-    timers: TimerWheel<(Rc<str>, Rc<str>)>,
+    timers: TimerWheel<(Rc<str>, Arc<str>)>,
     defaults: Timeouts,
     instances: usize,
     /// Versions every state change; observes versions merged in.
@@ -204,6 +220,15 @@ pub struct Store {
     /// Services a merge changed in a way only this node knows of (see
     /// `take_reasserted`): to replicate.
     reasserted: Vec<String>,
+}
+
+/// The 404 of an instance detail.
+pub fn instance_not_found(svc: &ServiceId, addr: &InstanceAddr) -> Reply {
+    Reply::not_found(format!(
+        "instance not found: {}#{}",
+        addr.key(),
+        svc.grouped()
+    ))
 }
 
 pub fn beat_reply(code: u32, interval_ms: u64) -> Reply {
@@ -249,13 +274,13 @@ impl Store {
     }
 
     /// Replaces a deleted instance's record by a tombstone.
-    fn bury(&mut self, svc_key: &Rc<str>, inst_key: Rc<str>, now_ms: u64) {
+    fn bury(&mut self, svc_key: &Rc<str>, inst_key: Arc<str>, now_ms: u64) {
         let version = self.next_version(now_ms);
         self.bury_at(svc_key, inst_key, version, now_ms);
     }
 
     /// Leaves a tombstone of `version` for an instance, purged after the TTL.
-    fn bury_at(&mut self, svc_key: &Rc<str>, inst_key: Rc<str>, version: Version, now_ms: u64) {
+    fn bury_at(&mut self, svc_key: &Rc<str>, inst_key: Arc<str>, version: Version, now_ms: u64) {
         if let Some(s) = self.services.get_mut(svc_key) {
             s.tombstones.insert(inst_key.clone(), version);
             self.purges.push_back((
@@ -324,6 +349,17 @@ impl Store {
         self.services.get(full_key).filter(|s| !s.hidden)
     }
 
+    /// For a core that read `full_key` through this owner: the service's
+    /// view slot, with a view in it unless the service changed within
+    /// `VIEW_BUILD_QUIET_MS`. None when the service does not exist.
+    pub fn share_view(&mut self, full_key: &str, now_ms: u64) -> Option<Arc<view::ViewSlot>> {
+        let s = self.services.get_mut(full_key).filter(|s| !s.hidden)?;
+        if !s.has_view() && s.modified_ms + VIEW_BUILD_QUIET_MS <= now_ms {
+            s.view();
+        }
+        Some(s.slot.clone())
+    }
+
     /// Grouped-less names of the services in `namespace` and `group`.
     pub fn service_names(&self, namespace: &str, group: &str) -> Vec<String> {
         self.services
@@ -343,7 +379,7 @@ impl Store {
     }
 
     /// Arms the instance's expiry timer if it needs one and has none.
-    fn arm(timers: &mut TimerWheel<(Rc<str>, Rc<str>)>, svc_key: &Rc<str>, inst: &mut Instance) {
+    fn arm(timers: &mut TimerWheel<(Rc<str>, Arc<str>)>, svc_key: &Rc<str>, inst: &mut Instance) {
         if inst.ephemeral && !inst.timer_armed {
             let due = inst.last_beat_ms + inst.timeouts.unhealthy_timeout_ms;
             timers.insert(due, (svc_key.clone(), inst.key.clone()));
@@ -373,15 +409,17 @@ impl Store {
             .map(|i| i.timer_armed)
             .unwrap_or(false);
         let mut inst = Instance {
-            key: Rc::from(key),
-            addr: spec.addr,
-            weight: spec.weight,
-            healthy: spec.healthy,
-            enabled: spec.enabled,
-            ephemeral: spec.ephemeral,
-            metadata: spec.metadata,
+            data: Arc::new(InstanceData {
+                key: Arc::from(key),
+                addr: spec.addr,
+                weight: spec.weight,
+                healthy: spec.healthy,
+                enabled: spec.enabled,
+                ephemeral: spec.ephemeral,
+                metadata: spec.metadata,
+                timeouts,
+            }),
             last_beat_ms: now_ms,
-            timeouts,
             timer_armed,
             version,
             conn,
@@ -468,7 +506,7 @@ impl Store {
         self.instances -= 1;
         s.touch(now_ms);
         let svc_key = s.key.clone();
-        self.bury(&svc_key, inst.key, now_ms);
+        self.bury(&svc_key, inst.key.clone(), now_ms);
         true
     }
 
@@ -539,7 +577,7 @@ impl Store {
                 // not bring the instance back (found by the simulation).
                 let svc_key = s.key.clone();
                 s.touch(now_ms);
-                self.bury(&svc_key, Rc::from(addr.key()), now_ms);
+                self.bury(&svc_key, Arc::from(addr.key()), now_ms);
                 changed(Reply::ok())
             }
             Op::Beat { svc, addr, beat } => self.beat(svc, addr, beat, now_ms),
@@ -567,15 +605,8 @@ impl Store {
             }
             Op::List { svc, variant } => {
                 let key = svc.full_key();
-                match self.services.get_mut(key) {
-                    Some(s) => {
-                        if let Some(body) = s.cached_list(&variant) {
-                            return unchanged(Reply::json(body));
-                        }
-                        let body = Bytes::from(render::list_json(&svc, Some(s), &variant, now_ms));
-                        s.cache_list(variant, body.clone());
-                        unchanged(Reply::json(body))
-                    }
+                match self.services.get_mut(key).filter(|s| !s.hidden) {
+                    Some(s) => unchanged(Reply::json(s.view().list(&variant))),
                     None => unchanged(Reply::json(render::list_json(&svc, None, &variant, now_ms))),
                 }
             }
@@ -586,11 +617,7 @@ impl Store {
                     .and_then(|s| s.instances.get(addr.key().as_str()));
                 match found {
                     Some(inst) => unchanged(Reply::json(render::instance_json(&svc, inst))),
-                    None => unchanged(Reply::not_found(format!(
-                        "instance not found: {}#{}",
-                        addr.key(),
-                        svc.grouped()
-                    ))),
+                    None => unchanged(instance_not_found(&svc, &addr)),
                 }
             }
             Op::CreateService { svc, change } => {
@@ -640,10 +667,10 @@ impl Store {
                         let version = self.next_version(now_ms);
                         if let Some(gone) = self.services.remove(key) {
                             self.service_tombstones
-                                .insert(gone.key.clone(), (gone.id, version));
+                                .insert(gone.key.clone(), (gone.id.clone(), version));
                             self.purges.push_back((
                                 now_ms + self.tombstone_ttl_ms,
-                                gone.key,
+                                gone.key.clone(),
                                 None,
                                 version,
                             ));
@@ -652,13 +679,15 @@ impl Store {
                     }
                 }
             }
-            Op::GetService { svc } => match self.service(svc.full_key()) {
-                Some(s) => unchanged(Reply::json(render::service_json(s))),
-                None => unchanged(Reply::not_found(format!(
-                    "service not found: {}",
-                    svc.grouped()
-                ))),
-            },
+            Op::GetService { svc } => {
+                match self.services.get_mut(svc.full_key()).filter(|s| !s.hidden) {
+                    Some(s) => unchanged(Reply::json(render::service_json(&s.view()))),
+                    None => unchanged(Reply::not_found(format!(
+                        "service not found: {}",
+                        svc.grouped()
+                    ))),
+                }
+            }
         }
     }
 

@@ -3,8 +3,9 @@
 
 use serde::Serialize;
 
-use super::instance::{Instance, Metadata};
-use super::service::{ListVariant, Service, ServiceId};
+use super::instance::{InstanceData, Metadata};
+use super::service::{ListVariant, ServiceId};
+use super::view::ServiceView;
 
 #[derive(Serialize)]
 #[serde(rename_all = "camelCase")]
@@ -48,7 +49,7 @@ struct List<'a> {
     hosts: Vec<Host<'a>>,
 }
 
-fn host<'a>(inst: &'a Instance, grouped: &'a str, healthy: bool) -> Host<'a> {
+fn host<'a>(inst: &'a InstanceData, grouped: &'a str, healthy: bool) -> Host<'a> {
     Host {
         instance_id: format!("{}#{}", inst.key, grouped),
         ip: &inst.addr.ip,
@@ -77,10 +78,11 @@ fn cluster_filter(clusters: &str) -> Vec<&str> {
         .collect()
 }
 
-/// The instance list of `service` (None: the service does not exist).
+/// The instance list of `service` (None: the service does not exist;
+/// its `lastRefTime` is then `now_ms`).
 pub fn list_json(
     id: &ServiceId,
-    service: Option<&Service>,
+    service: Option<&ServiceView>,
     variant: &ListVariant,
     now_ms: u64,
 ) -> Vec<u8> {
@@ -94,13 +96,14 @@ pub fn list_json(
         None => (now_ms, 0, &empty),
     };
     if let Some(s) = service {
-        let mut picked: Vec<&Instance> = s
+        // The view's instances are sorted by key.
+        let picked: Vec<&InstanceData> = s
             .instances
-            .values()
+            .iter()
+            .map(|i| &**i)
             .filter(|i| i.enabled)
             .filter(|i| wanted.is_empty() || wanted.contains(&i.addr.cluster.as_str()))
             .collect();
-        picked.sort_by(|a, b| a.key.cmp(&b.key));
         let total = picked.len();
         let healthy = picked.iter().filter(|i| i.healthy).count();
         reach = total > 0 && (healthy as f64 / total as f64) <= s.protect_threshold;
@@ -151,7 +154,7 @@ struct Detail<'a> {
 }
 
 /// `GET /nacos/v1/ns/instance`.
-pub fn instance_json(id: &ServiceId, inst: &Instance) -> Vec<u8> {
+pub fn instance_json(id: &ServiceId, inst: &InstanceData) -> Vec<u8> {
     let grouped = id.grouped();
     let d = Detail {
         instance_id: format!("{}#{}", inst.key, grouped),
@@ -169,10 +172,10 @@ pub fn instance_json(id: &ServiceId, inst: &Instance) -> Vec<u8> {
 }
 
 /// `GET /nacos/v1/ns/service`.
-pub fn service_json(s: &Service) -> Vec<u8> {
+pub fn service_json(s: &ServiceView) -> Vec<u8> {
     let mut clusters: Vec<&str> = s
         .instances
-        .values()
+        .iter()
         .map(|i| i.addr.cluster.as_str())
         .collect();
     clusters.sort_unstable();

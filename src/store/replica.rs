@@ -3,9 +3,10 @@
 //! Pure like the rest of the store.
 
 use std::rc::Rc;
+use std::sync::Arc;
 
 use super::datum::{checksum_of, Datum, FieldsRecord, InstanceRecord};
-use super::instance::{Instance, InstanceAddr, LeasePolicy, Metadata};
+use super::instance::{Instance, InstanceAddr, InstanceData, LeasePolicy, Metadata};
 use super::service::{Service, ServiceId};
 use super::Store;
 use crate::distro::hlc::{self, Version};
@@ -208,7 +209,7 @@ impl Store {
                 }
             }
             changed = true;
-            let inst_key: Rc<str> = Rc::from(r.key.as_str());
+            let inst_key: Arc<str> = Arc::from(r.key.as_str());
             if r.deleted {
                 if s.instances.remove(&inst_key).is_some() {
                     *instances -= 1;
@@ -221,18 +222,20 @@ impl Store {
             s.hidden = false;
             let existing = s.instances.get(&inst_key);
             let mut inst = Instance {
-                key: inst_key.clone(),
-                addr: InstanceAddr {
-                    ip: r.ip,
-                    port: r.port,
-                    cluster: r.cluster,
-                },
-                weight: r.weight,
-                healthy: r.healthy,
-                enabled: r.enabled,
-                ephemeral: r.ephemeral,
-                timeouts: defaults.for_metadata(&r.metadata),
-                metadata: r.metadata,
+                data: Arc::new(InstanceData {
+                    key: inst_key.clone(),
+                    addr: InstanceAddr {
+                        ip: r.ip,
+                        port: r.port,
+                        cluster: r.cluster,
+                    },
+                    weight: r.weight,
+                    healthy: r.healthy,
+                    enabled: r.enabled,
+                    ephemeral: r.ephemeral,
+                    timeouts: defaults.for_metadata(&r.metadata),
+                    metadata: r.metadata,
+                }),
                 // A copy from a peer counts as heard from now; the owner
                 // decides expiry (docs/distro.md, ownership grace).
                 last_beat_ms: existing.map(|i| i.last_beat_ms).unwrap_or(now_ms),
@@ -274,7 +277,7 @@ impl Store {
         if self.lease_policy.as_ref() == Some(&policy) {
             return Vec::new();
         }
-        let mut retire: Vec<(Rc<str>, Rc<str>, Version)> = Vec::new();
+        let mut retire: Vec<(Rc<str>, Arc<str>, Version)> = Vec::new();
         for s in self.services.values() {
             for i in s.instances.values() {
                 if i.conn.as_deref().is_some_and(|l| !policy.keeps(l)) {

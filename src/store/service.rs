@@ -2,13 +2,10 @@
 //! instance lists.
 
 use std::rc::Rc;
-
-use bytes::Bytes;
+use std::sync::Arc;
 
 use super::instance::{Instance, Metadata};
-
-/// Rendered list variants kept per service revision.
-pub const LIST_CACHE_ENTRIES_MAX: usize = 8;
+use super::view::{ServiceView, ViewSlot};
 
 /// Names a service: one string `namespace##group@@name` and the offsets
 /// of its parts (one allocation; every shard lookup uses the whole key).
@@ -75,17 +72,19 @@ pub struct Service {
     /// The selector as given (a JSON object), `{"type":"none"}` by default.
     pub selector: serde_json::Value,
     /// Instances by `ip#port#cluster`.
-    pub instances: super::Map<Rc<str>, Instance>,
+    pub instances: super::Map<Arc<str>, Instance>,
     /// Bumped on every change that a list or a push can see.
     pub revision: u64,
     /// Time of the last change, strictly increasing; the list's `lastRefTime`.
     pub modified_ms: u64,
-    /// Rendered list bodies for the current revision.
-    pub list_cache: Vec<(ListVariant, Bytes)>,
+    /// The read view of the current revision, once something read it.
+    view: Option<Arc<ServiceView>>,
+    /// Where the view is published for other cores.
+    pub slot: Arc<ViewSlot>,
     /// Version of `protect_threshold`, `metadata` and `selector`.
     pub fields_version: crate::distro::hlc::Version,
     /// Versions of deleted instances by key, kept until purged.
-    pub tombstones: super::Map<Rc<str>, crate::distro::hlc::Version>,
+    pub tombstones: super::Map<Arc<str>, crate::distro::hlc::Version>,
     /// The replication checksum and the revision it was computed at.
     pub checksum_cache: std::cell::Cell<Option<(u64, u64)>>,
     /// Exists only to hold the tombstone of a deregister that arrived
@@ -106,7 +105,8 @@ impl Service {
             instances: super::Map::default(),
             revision: 0,
             modified_ms: now_ms,
-            list_cache: Vec::new(),
+            view: None,
+            slot: Arc::new(ViewSlot::default()),
             fields_version: Default::default(),
             tombstones: super::Map::default(),
             checksum_cache: std::cell::Cell::new(None),
@@ -114,24 +114,37 @@ impl Service {
         }
     }
 
-    /// Records a visible change: new revision, cache dropped.
+    /// Records a visible change: new revision; the view is withdrawn
+    /// (from the slot too, before any reply to the change leaves).
     pub fn touch(&mut self, now_ms: u64) {
         self.revision += 1;
         self.modified_ms = now_ms.max(self.modified_ms + 1);
-        self.list_cache.clear();
-    }
-
-    pub fn cached_list(&self, variant: &ListVariant) -> Option<Bytes> {
-        self.list_cache
-            .iter()
-            .find(|(v, _)| v == variant)
-            .map(|(_, b)| b.clone())
-    }
-
-    pub fn cache_list(&mut self, variant: ListVariant, body: Bytes) {
-        if self.list_cache.len() >= LIST_CACHE_ENTRIES_MAX {
-            self.list_cache.remove(0);
+        if self.view.take().is_some() {
+            self.slot.clear();
         }
-        self.list_cache.push((variant, body));
+    }
+
+    /// The view of the current revision: built and published if none is.
+    pub fn view(&mut self) -> Arc<ServiceView> {
+        if let Some(v) = &self.view {
+            return v.clone();
+        }
+        let v = Arc::new(ServiceView::of(self));
+        self.slot.publish(v.clone());
+        self.view = Some(v.clone());
+        v
+    }
+
+    /// Whether a view of the current revision exists.
+    pub fn has_view(&self) -> bool {
+        self.view.is_some()
+    }
+}
+
+/// A service the owner drops takes its view with it: readers that still
+/// hold the slot find it empty and dead, and ask the owner.
+impl Drop for Service {
+    fn drop(&mut self) {
+        self.slot.kill();
     }
 }
