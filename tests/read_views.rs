@@ -255,3 +255,47 @@ fn unknown_light_beats_get_20404_on_every_shard_and_change_nothing() {
         assert_eq!(hosts(&n, &format!("known{s}")).len(), 1);
     }
 }
+
+/// A beat answered from a view reaches the owner before any write the
+/// client makes after it: a PATCH to unhealthy right after a beat stays.
+#[test]
+fn a_write_after_a_beat_is_not_overtaken_by_it() {
+    let n = Node::start(&["--cores", SHARDS]);
+    for s in 0..SERVICES {
+        for ip in ["10.4.0.1", "10.4.0.2"] {
+            let r = n.req(
+                "POST",
+                &format!("{NS}/instance?serviceName=order{s}&ip={ip}&port=80"),
+                "",
+            );
+            assert_eq!(r.status, 200);
+        }
+    }
+    for round in 0..2 {
+        for s in 0..SERVICES {
+            let svc = format!("order{s}");
+            let patch = |healthy: bool| {
+                let r = n.req(
+                    "PATCH",
+                    &format!(
+                        "{NS}/instance?serviceName={svc}&ip=10.4.0.1&port=80&healthy={healthy}"
+                    ),
+                    "",
+                );
+                assert_eq!(r.status, 200, "{}", r.body);
+            };
+            patch(true);
+            hosts(&n, &svc);
+            std::thread::sleep(Duration::from_millis(60)); // a view for beats
+            assert_eq!(beat(&n, &svc, "10.4.0.1", false)["code"], 10200);
+            patch(false);
+            // Whatever shard the beat was answered on, it came first: no
+            // late beat revives the instance, even after the longest
+            // wait a lazily sent beat has (one tick, at most 100 ms).
+            std::thread::sleep(Duration::from_millis(150));
+            let h = hosts(&n, &svc);
+            let one = h.iter().find(|i| i["ip"] == "10.4.0.1").unwrap();
+            assert_eq!(one["healthy"], false, "round {round} {svc}: {h:?}");
+        }
+    }
+}

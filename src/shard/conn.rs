@@ -277,6 +277,10 @@ pub async fn run_op(
     let cores = ctx.shared.inboxes.len();
     let target = shard_of(op.service().full_key(), cores);
     if target == ctx.id {
+        if !op.reads_view() {
+            // Beats other shards answered before this write apply first.
+            ctx.drain_inbox();
+        }
         return ctx.execute(op, subscription, now_ms());
     }
     if op.reads_view() {

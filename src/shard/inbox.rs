@@ -60,13 +60,15 @@ impl<T> Inbox<T> {
         true
     }
 
-    /// Hands a batch over and wakes the receiver once.
-    pub fn send_batch(&self, batch: Vec<T>) -> Result<(), SendError> {
+    /// Hands a batch over and, if `wake`, wakes the receiver once.
+    pub fn send_batch(&self, batch: Vec<T>, wake: bool) -> Result<(), SendError> {
         if batch.is_empty() {
             return Ok(());
         }
         self.tx.send(batch).map_err(|_| SendError::Closed)?;
-        self.waker.wake();
+        if wake {
+            self.waker.wake();
+        }
         Ok(())
     }
 
@@ -99,31 +101,42 @@ impl<T> Inbox<T> {
 /// One core's outgoing messages, by destination core, until the end of
 /// the current turn of its event loop. Single-threaded.
 pub struct Mail<T> {
-    out: RefCell<Vec<Vec<T>>>,
+    /// Per destination: the messages, and whether any of them calls for
+    /// waking the destination (a lazy one does not).
+    out: RefCell<Vec<(Vec<T>, bool)>>,
     /// A flush is due (the flusher was woken).
     due: Cell<bool>,
-    /// Messages posted that wait for a flush but do not call for one.
-    lazy: Cell<bool>,
-    /// The first lazy message since the flusher last looked: it wakes the
-    /// flusher once, to start its timer.
-    lazy_new: Cell<bool>,
     flusher: Cell<Option<Waker>>,
 }
 
 impl<T> Mail<T> {
     pub fn new(cores: usize) -> Mail<T> {
         Mail {
-            out: RefCell::new((0..cores).map(|_| Vec::new()).collect()),
+            out: RefCell::new((0..cores).map(|_| (Vec::new(), false)).collect()),
             due: Cell::new(false),
-            lazy: Cell::new(false),
-            lazy_new: Cell::new(false),
             flusher: Cell::new(None),
         }
     }
 
-    /// Queues `msg` for core `to`; it leaves at the next flush.
+    /// Queues `msg` for core `to`; it leaves at the end of this turn and
+    /// wakes `to`.
     pub fn post(&self, to: usize, msg: T) {
-        self.out.borrow_mut()[to].push(msg);
+        let mut out = self.out.borrow_mut();
+        out[to].0.push(msg);
+        out[to].1 = true;
+        drop(out);
+        self.call_flusher();
+    }
+
+    /// Queues `msg` for core `to`: it leaves at the end of this turn, but
+    /// does not wake `to`, which takes it at its next wake-up, write or
+    /// tick, whichever comes first.
+    pub fn post_lazy(&self, to: usize, msg: T) {
+        self.out.borrow_mut()[to].0.push(msg);
+        self.call_flusher();
+    }
+
+    fn call_flusher(&self) {
         if !self.due.replace(true) {
             if let Some(w) = self.flusher.take() {
                 w.wake();
@@ -131,40 +144,17 @@ impl<T> Mail<T> {
         }
     }
 
-    /// Queues `msg` for core `to` without calling for a flush: it leaves
-    /// with the next one, at the latest `lazy_ms` later (see `posted`).
-    pub fn post_lazy(&self, to: usize, msg: T) {
-        self.out.borrow_mut()[to].push(msg);
-        if !self.lazy.replace(true) {
-            self.lazy_new.set(true);
-            if let Some(w) = self.flusher.take() {
-                w.wake();
-            }
-        }
-    }
-
-    /// Whether a flush was called for.
-    pub fn flush_due(&self) -> bool {
-        self.due.get()
-    }
-
-    /// Whether lazily posted messages wait (the flusher must time out).
-    pub fn lazy_waiting(&self) -> bool {
-        self.lazy.get()
-    }
-
     /// Messages waiting for core `to`.
     pub fn waiting(&self, to: usize) -> usize {
-        self.out.borrow()[to].len()
+        self.out.borrow()[to].0.len()
     }
 
-    /// Waits until something was posted that calls for a flush, or the
-    /// first lazy message (the flusher then waits for a flush with a
-    /// timeout). The flusher's task calls it, then `take`; tasks woken in
-    /// the same turn run before it, so their messages leave together.
+    /// Waits until something was posted. The flusher's task calls it, then
+    /// `take`; tasks woken in the same turn run before it, so their
+    /// messages leave together.
     pub async fn posted(&self) {
         std::future::poll_fn(|cx| {
-            if self.due.get() || self.lazy_new.replace(false) {
+            if self.due.get() {
                 Poll::Ready(())
             } else {
                 self.flusher.set(Some(cx.waker().clone()));
@@ -174,15 +164,15 @@ impl<T> Mail<T> {
         .await
     }
 
-    /// Everything posted since the last take, by destination.
-    pub fn take(&self) -> Vec<(usize, Vec<T>)> {
+    /// Everything posted since the last take: (destination, messages,
+    /// whether to wake it).
+    pub fn take(&self) -> Vec<(usize, Vec<T>, bool)> {
         self.due.set(false);
-        self.lazy.set(false);
         let mut out = self.out.borrow_mut();
         out.iter_mut()
             .enumerate()
-            .filter(|(_, v)| !v.is_empty())
-            .map(|(to, v)| (to, std::mem::take(v)))
+            .filter(|(_, (v, _))| !v.is_empty())
+            .map(|(to, (v, wake))| (to, std::mem::take(v), std::mem::replace(wake, false)))
             .collect()
     }
 }
@@ -196,7 +186,7 @@ mod tests {
         let (inbox, rx) = Inbox::<u32>::bounded(3);
         assert!(inbox.reserve() && inbox.reserve() && inbox.reserve());
         assert!(!inbox.reserve(), "a fourth request is refused");
-        inbox.send_batch(vec![1, 2, 3]).unwrap();
+        inbox.send_batch(vec![1, 2, 3], true).unwrap();
         assert_eq!(rx.len(), 1, "one batch, one channel item");
         assert_eq!(inbox.depth(), 3);
         let batch = rx.try_recv().unwrap();
@@ -213,19 +203,21 @@ mod tests {
         mail.post(2, "c");
         assert_eq!(mail.waiting(2), 2);
         let taken = mail.take();
-        assert_eq!(taken, vec![(0, vec!["b"]), (2, vec!["a", "c"])]);
+        assert_eq!(taken, vec![(0, vec!["b"], true), (2, vec!["a", "c"], true)]);
         assert!(mail.take().is_empty());
         assert!(!mail.due.get());
     }
 
     #[test]
-    fn lazy_mail_waits_for_the_next_flush() {
-        let mail = Mail::new(2);
+    fn lazy_mail_wakes_no_one_unless_it_travels_with_a_request() {
+        let mail = Mail::new(3);
         mail.post_lazy(1, "beat");
-        assert!(!mail.due.get(), "a lazy message calls for no flush");
-        assert!(mail.lazy_waiting());
-        mail.post(1, "request");
-        assert_eq!(mail.take(), vec![(1, vec!["beat", "request"])]);
-        assert!(!mail.lazy_waiting());
+        mail.post_lazy(2, "beat");
+        mail.post(2, "request");
+        assert!(mail.due.get(), "both leave at the end of the turn");
+        assert_eq!(
+            mail.take(),
+            vec![(1, vec!["beat"], false), (2, vec!["beat", "request"], true)]
+        );
     }
 }

@@ -37,10 +37,6 @@ const TICK_MS_MAX: u64 = 100;
 const TICK_MS_MIN: u64 = 5;
 /// Ticks per `--sync-delay-ms` on a clustered node.
 const REPLICATION_TICKS_PER_DELAY: u64 = 4;
-/// Longest wait of a message posted lazily (a beat answered from a view)
-/// before it leaves for its shard: far under any beat timeout, so the
-/// owner's expiry never sees a beat late.
-pub const LAZY_FLUSH_MS: u64 = 5;
 /// How often a shard drops the view slots of services gone from their
 /// owners.
 const VIEWS_SWEEP_MS: u64 = 1_000;
@@ -145,6 +141,8 @@ pub struct ShardCtx {
     pub cluster: Option<crate::cluster::shard::ClusterCtx>,
     /// Messages for other shards, leaving at the end of this turn.
     pub mail: Mail<ShardMsg>,
+    /// This shard's inbox: batches from other shards.
+    pub inbox: Receiver<Vec<ShardMsg>>,
     /// The view slots of other shards' services read through this shard
     /// (at most one per service; a dead one is dropped by the tick).
     pub views: RefCell<crate::store::Map<Box<str>, Arc<ViewSlot>>>,
@@ -252,6 +250,21 @@ impl ShardCtx {
         true
     }
 
+    /// Handles everything queued in this shard's inbox (at most
+    /// `inbox_capacity` requests, and their answers): at each wake-up, each
+    /// tick, and before each write this shard applies for its own
+    /// connections, so that a write never overtakes a beat another shard
+    /// answered and queued before it. Never call it with `state` borrowed.
+    pub fn drain_inbox(&self) {
+        while let Ok(batch) = self.inbox.try_recv() {
+            let mut requests = 0;
+            for msg in batch {
+                requests += usize::from(self.handle_msg(msg));
+            }
+            self.shared.inboxes[self.id].taken(requests);
+        }
+    }
+
     /// Queues a request for shard `to` (another shard): it leaves with
     /// this turn's batch. Refused when `to`'s inbox is full.
     pub fn post(&self, to: usize, msg: ShardMsg) -> Result<(), inbox::SendError> {
@@ -271,8 +284,11 @@ impl ShardCtx {
     }
 
     /// Queues a message that wants no answer and no haste (a beat answered
-    /// from a view, a subscriber's refresh) for shard `to`: it leaves with
-    /// the next batch to anyone, at the latest `LAZY_FLUSH_MS` later.
+    /// from a view, a subscriber's refresh) for shard `to`: it leaves at the
+    /// end of this turn without waking `to`, which applies it before its
+    /// next write, at its next wake-up, or at its next tick (at most
+    /// `TICK_MS_MAX` later, far under any beat timeout; expiry runs after
+    /// that drain).
     pub fn post_lazy(&self, to: usize, msg: ShardMsg) -> Result<(), inbox::SendError> {
         self.reserve_at(to)?;
         self.mail.post_lazy(to, msg);
@@ -391,6 +407,7 @@ async fn shard_main(
         }),
         mail: Mail::new(shared.inboxes.len()),
         views: RefCell::new(crate::store::Map::default()),
+        inbox: rx,
         shared: shared.clone(),
     });
     let listener = match monoio::net::TcpListener::from_std(listener) {
@@ -410,7 +427,7 @@ async fn shard_main(
     let writer = ctx.writer_id();
     ctx.state.borrow_mut().store.set_writer(writer);
     crate::cluster::driver::spawn(&ctx);
-    monoio::spawn(inbox_loop(ctx.clone(), rx));
+    monoio::spawn(inbox_loop(ctx.clone()));
     monoio::spawn(flush_loop(ctx.clone()));
     monoio::spawn(udp_recv_loop(ctx.clone(), udp.clone()));
     let canceller = monoio::io::Canceller::new();
@@ -451,39 +468,25 @@ async fn shard_main(
     tracing::info!(shard = id, unfinished = inflight(), "shard stopped");
 }
 
-async fn inbox_loop(ctx: Rc<ShardCtx>, rx: Receiver<Vec<ShardMsg>>) {
+async fn inbox_loop(ctx: Rc<ShardCtx>) {
     let inbox = &ctx.shared.inboxes[ctx.id];
     loop {
-        inbox.ready(&rx).await;
-        // Drain everything queued in this one wake-up (at most
-        // `inbox_capacity` requests, and their answers).
-        while let Ok(batch) = rx.try_recv() {
-            let mut requests = 0;
-            for msg in batch {
-                requests += usize::from(ctx.handle_msg(msg));
-            }
-            inbox.taken(requests);
-        }
+        inbox.ready(&ctx.inbox).await;
+        ctx.drain_inbox();
     }
 }
 
 /// Sends what this shard's tasks posted for other shards during one turn
 /// of the event loop: one batch and one wake-up per destination.
 async fn flush_loop(ctx: Rc<ShardCtx>) {
-    let lazy = Duration::from_millis(LAZY_FLUSH_MS);
     loop {
         ctx.mail.posted().await;
-        if ctx.mail.lazy_waiting() && !ctx.mail.flush_due() {
-            // Only lazy messages: they wait for a flush someone calls
-            // for, or for the timer.
-            let _ = monoio::time::timeout(lazy, ctx.mail.posted()).await;
-        }
-        for (to, batch) in ctx.mail.take() {
+        for (to, batch, wake) in ctx.mail.take() {
             ctx.stats()
                 .cross_core_batches
                 .fetch_add(1, Ordering::Relaxed);
             // Closed only while the process exits.
-            let _ = ctx.shared.inboxes[to].send_batch(batch);
+            let _ = ctx.shared.inboxes[to].send_batch(batch, wake);
         }
     }
 }
@@ -545,6 +548,9 @@ async fn tick_loop(ctx: Rc<ShardCtx>, udp: Rc<UdpSocket>, canceller: monoio::io:
             );
         }
         last_tick = now;
+        // Beats other shards queued without waking this one count before
+        // anything expires.
+        ctx.drain_inbox();
         if now >= views_swept + VIEWS_SWEEP_MS {
             views_swept = now;
             ctx.views.borrow_mut().retain(|_, slot| !slot.is_dead());
