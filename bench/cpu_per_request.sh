@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Server CPU time per request for liveness (our own floor), beat, list of
-# 10 instances, register (a new instance each time) and the list of one
+# 10 instances, instance detail, register (a new instance each time) and the list of one
 # service with 8,500 instances, read from /proc/PID/stat before and after a
 # wrk run of fixed duration. If nginx is installed, its static 200 is
 # measured the same way, in the same window, as the machine's floor.
@@ -27,11 +27,16 @@ for _ in $(seq 50); do curl -sf "http://127.0.0.1:$PORT/nacos/v1/console/health/
 python3 bench/seed.py 127.0.0.1:$PORT
 TCK=$(getconf CLK_TCK)
 # With one shard (pinned to core 0), keep wrk on the other core.
+# WRK_CPUS=1 pins wrk to CPU 1 whatever the core count (the server's
+# shards then share CPU 1 with it, as issue 11's table has it).
 WRK_PIN=""
-if [ "$CORES" = 1 ] && command -v taskset >/dev/null; then WRK_PIN="taskset -c 1"; fi
+if [ -n "${WRK_CPUS:-}" ]; then WRK_PIN="taskset -c $WRK_CPUS";
+elif [ "$CORES" = 1 ] && command -v taskset >/dev/null; then WRK_PIN="taskset -c 1"; fi
 cpu_ticks() { awk '{print $14, $15}' /proc/$1/stat; }
-# run LABEL PID LUA URL [CONNECTIONS]
+# run LABEL PID LUA URL [CONNECTIONS]; ONLY="beat detail" runs only those
+# scripts.
 run() {
+  if [ -n "${ONLY:-}" ] && [[ " $ONLY " != *" $3 "* ]]; then return 0; fi
   local before after out reqs rps p50 p99 errs us
   before=$(cpu_ticks "$2")
   out=$($WRK_PIN wrk -t1 -c"${5:-$CONNS}" -d"${SECS}s" --latency -s "bench/wrk/$3.lua" "$4" 2>&1)
@@ -51,6 +56,7 @@ URL="http://127.0.0.1:$PORT"
 run liveness $PID liveness "$URL"
 run beat $PID beat "$URL"
 run "list (10 instances)" $PID list "$URL"
+run "instance detail" $PID detail "$URL"
 run "register (new instance)" $PID register "$URL"
 run "list (8,500 instances)" $PID biglist "$URL" 8
 if command -v nginx >/dev/null; then

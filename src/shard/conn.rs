@@ -314,24 +314,40 @@ fn read_here(
     subscription: &mut Option<api::Subscription>,
 ) -> Option<Reply> {
     use crate::store::{render, Op};
+    /// What the view says.
+    enum Seen {
+        Reply(Reply),
+        /// A known healthy instance's beat interval.
+        Beat(u64),
+        /// The owner decides.
+        Owner,
+    }
     let o = op.as_ref()?;
-    let slot = ctx.views.borrow().get(o.service().full_key()).cloned();
-    let Some(view) = slot.and_then(|s| s.load()) else {
-        ctx.stats().view_misses.fetch_add(1, Ordering::Relaxed);
-        return None;
-    };
-    let reply = match o {
-        Op::List { variant, .. } => Reply::json(view.list(variant)),
-        Op::GetInstance { svc, addr } => match view.instance(&addr.key()) {
-            Some(i) => Reply::json(render::instance_json(svc, i)),
-            None => crate::store::instance_not_found(svc, addr),
-        },
-        Op::GetService { .. } => Reply::json(render::service_json(&view)),
-        Op::Beat { addr, .. } => {
-            let interval = match view.instance(&addr.key()) {
-                Some(i) if i.healthy => i.timeouts.beat_interval_ms,
-                _ => return None,
-            };
+    let views = ctx.views.borrow();
+    let seen = views.get(o.service().full_key()).and_then(|slot| {
+        slot.with(|view| match o {
+            Op::List { variant, .. } => Seen::Reply(Reply::json(view.list(variant))),
+            Op::GetInstance { svc, addr } => Seen::Reply(match view.instance(&addr.key()) {
+                Some(i) => Reply::json(render::instance_json(svc, i)),
+                None => crate::store::instance_not_found(svc, addr),
+            }),
+            Op::GetService { .. } => Seen::Reply(Reply::json(render::service_json(view))),
+            Op::Beat { addr, .. } => match view.instance(&addr.key()) {
+                Some(i) if i.healthy => Seen::Beat(i.timeouts.beat_interval_ms),
+                _ => Seen::Owner,
+            },
+            _ => Seen::Owner,
+        })
+    });
+    drop(views);
+    let reply = match seen {
+        None => {
+            ctx.stats().view_misses.fetch_add(1, Ordering::Relaxed);
+            return None;
+        }
+        Some(Seen::Owner) => return None,
+        Some(Seen::Reply(r)) => r,
+        Some(Seen::Beat(interval)) => {
             let beat = op.take().expect("checked above");
             if ctx.post_lazy(owner, ShardMsg::Beat(beat)).is_err() {
                 return Some(Reply::text(503, "shard busy, retry"));
@@ -339,7 +355,6 @@ fn read_here(
             ctx.stats().view_hits.fetch_add(1, Ordering::Relaxed);
             return Some(crate::store::beat_reply(10200, interval));
         }
-        _ => return None,
     };
     if let Some(sub) = subscription.take() {
         // The subscriber is recorded by the owner, in this turn's batch.

@@ -60,6 +60,12 @@ impl<T> Inbox<T> {
         true
     }
 
+    /// Half the capacity or more is taken: lazy messages wake the
+    /// receiver from here on.
+    pub fn half_full(&self) -> bool {
+        self.queued.load(Ordering::Relaxed) >= self.capacity / 2
+    }
+
     /// Hands a batch over and, if `wake`, wakes the receiver once.
     pub fn send_batch(&self, batch: Vec<T>, wake: bool) -> Result<(), SendError> {
         if batch.is_empty() {
@@ -193,6 +199,13 @@ mod tests {
         inbox.taken(batch.len());
         assert_eq!(inbox.depth(), 0);
         assert!(inbox.reserve(), "room again once drained");
+    }
+
+    #[test]
+    fn half_full_from_half_the_capacity() {
+        let (inbox, _rx) = Inbox::<u32>::bounded(4);
+        assert!(inbox.reserve() && !inbox.half_full());
+        assert!(inbox.reserve() && inbox.half_full());
     }
 
     #[test]

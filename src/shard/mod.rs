@@ -291,7 +291,13 @@ impl ShardCtx {
     /// that drain).
     pub fn post_lazy(&self, to: usize, msg: ShardMsg) -> Result<(), inbox::SendError> {
         self.reserve_at(to)?;
-        self.mail.post_lazy(to, msg);
+        if self.shared.inboxes[to].half_full() {
+            // A busy shard may not wake or tick soon enough for this
+            // stream: wake it, rather than let its inbox fill.
+            self.mail.post(to, msg);
+        } else {
+            self.mail.post_lazy(to, msg);
+        }
         Ok(())
     }
 

@@ -105,6 +105,13 @@ impl ViewSlot {
         self.view.load_full()
     }
 
+    /// Runs `f` on the current view without taking a reference count (the
+    /// count is a cache line every reading core would write).
+    pub fn with<R>(&self, f: impl FnOnce(&ServiceView) -> R) -> Option<R> {
+        let guard = self.view.load();
+        guard.as_deref().map(f)
+    }
+
     pub fn publish(&self, view: Arc<ServiceView>) {
         self.view.store(Some(view));
     }
