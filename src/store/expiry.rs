@@ -9,6 +9,12 @@
 
 /// Number of slots; one revolution is `SLOTS * tick_ms`.
 const SLOTS: usize = 1024;
+/// A slot that holds less than a quarter of what it has room for gives
+/// the rest back (down to twice what it holds), so that memory goes after
+/// a burst of instances does.
+const SLOT_SLACK: usize = 4;
+/// Slots this small are never shrunk.
+const SLOT_KEEP: usize = 16;
 
 /// A wheel of timers carrying values of type `T`.
 pub struct TimerWheel<T> {
@@ -78,6 +84,9 @@ impl<T> TimerWheel<T> {
                     i += 1;
                 }
             }
+            if slot.capacity() > SLOT_SLACK * slot.len().max(SLOT_KEEP) {
+                slot.shrink_to(2 * slot.len());
+            }
         }
         self.next_tick = now_tick + 1;
     }
@@ -118,6 +127,19 @@ mod tests {
         assert!(fired.is_empty());
         w.advance(300, |_, v| fired.push(v));
         assert_eq!(fired, vec!["a"]);
+    }
+
+    #[test]
+    fn a_slot_gives_back_room_once_its_timers_fired() {
+        let mut w = TimerWheel::new(100, 0);
+        for i in 0..1_000 {
+            w.insert(150, i);
+        }
+        let slot = 2; // ceil(150 / 100)
+        assert!(w.slots[slot].capacity() >= 1_000);
+        w.advance(200, |_, _| {});
+        assert!(w.is_empty());
+        assert!(w.slots[slot].capacity() < 1_000, "room given back");
     }
 
     #[test]

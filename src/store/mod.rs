@@ -183,6 +183,20 @@ impl Stamp {
 /// read between two writes. (Lists build it at once: they render anyway.)
 pub const VIEW_BUILD_QUIET_MS: u64 = 50;
 
+/// A map or queue that holds less than a quarter of its room gives the
+/// rest back (down to twice what it holds), so that memory goes when
+/// instances and tombstones do.
+const ROOM_SLACK: usize = 4;
+/// Maps this small are never shrunk.
+const ROOM_KEEP: usize = 8;
+
+/// Shrinks `map` when it is mostly empty room (see `ROOM_SLACK`).
+pub(crate) fn shrink_sparse<K: Eq + std::hash::Hash, V>(map: &mut Map<K, V>) {
+    if map.capacity() > ROOM_SLACK * map.len().max(ROOM_KEEP) {
+        map.shrink_to(2 * map.len());
+    }
+}
+
 /// Tombstones outlive the delete timeout by two verify rounds (5 s each).
 pub const TOMBSTONE_VERIFY_ROUNDS_MS: u64 = 2 * 5_000;
 
@@ -303,16 +317,27 @@ impl Store {
 
     /// Drops the tombstones older than the TTL. Cost: what is purged.
     fn purge(&mut self, now_ms: u64) {
+        let purged = self.purge_due(now_ms);
+        if purged > 0 && self.purges.capacity() > ROOM_SLACK * self.purges.len().max(ROOM_KEEP) {
+            self.purges.shrink_to(2 * self.purges.len());
+        }
+    }
+
+    /// `purge`'s work; returns how many entries it took off the queue.
+    fn purge_due(&mut self, now_ms: u64) -> usize {
+        let mut purged = 0;
         while let Some((at, ..)) = self.purges.front() {
             if *at > now_ms {
                 break;
             }
             let (_, svc_key, inst_key, version) = self.purges.pop_front().expect("front exists");
+            purged += 1;
             match inst_key {
                 Some(k) => {
                     if let Some(s) = self.services.get_mut(&svc_key) {
                         if s.tombstones.get(&k) == Some(&version) {
                             s.tombstones.remove(&k);
+                            shrink_sparse(&mut s.tombstones);
                             // The checksum covers tombstones; lists do not.
                             s.revision += 1;
                         }
@@ -326,6 +351,7 @@ impl Store {
                 }
             }
         }
+        purged
     }
 
     /// Versions from peers refused for being too far ahead of this clock.

@@ -117,6 +117,8 @@ impl Service {
     /// Records a visible change: new revision; the view is withdrawn
     /// (from the slot too, before any reply to the change leaves).
     pub fn touch(&mut self, now_ms: u64) {
+        // Every removal touches: a map emptied by one gives its room back.
+        super::shrink_sparse(&mut self.instances);
         self.revision += 1;
         self.modified_ms = now_ms.max(self.modified_ms + 1);
         if self.view.take().is_some() {

@@ -1016,3 +1016,53 @@ fn a_node_keeps_its_live_connections_records_against_a_retirement_and_retires_it
     assert!(sync(&a2, &mut b, "c", 30_003));
     assert!(ips(&mut b, "c", 30_004).is_empty());
 }
+
+#[test]
+fn room_goes_when_instances_and_tombstones_do() {
+    let mut s = store();
+    for i in 0..1_000u16 {
+        let spec = spec(&format!("10.0.{}.{}", i / 256, i % 256), 80, &[]);
+        s.apply(
+            Op::Register {
+                svc: svc("big"),
+                spec,
+            },
+            1_000,
+        );
+    }
+    let key = svc("big").full_key().to_string();
+    let full = s.service(&key).unwrap().instances.capacity();
+    assert!(full >= 1_000);
+    for i in 0..1_000u16 {
+        let addr = addr(&format!("10.0.{}.{}", i / 256, i % 256), 80);
+        s.apply(
+            Op::Deregister {
+                svc: svc("big"),
+                addr,
+            },
+            2_000,
+        );
+    }
+    let svc_now = s.service(&key).unwrap();
+    assert!(
+        svc_now.instances.capacity() <= ROOM_SLACK * ROOM_KEEP,
+        "instances: {}",
+        svc_now.instances.capacity()
+    );
+    assert_eq!(svc_now.tombstones.len(), 1_000);
+    // Past the tombstone TTL, the tombstones and their queue go too.
+    let mut changed = Vec::new();
+    s.expire(2_000 + s.tombstone_ttl_ms + 1, &mut changed);
+    let svc_now = s.service(&key).unwrap();
+    assert_eq!(svc_now.tombstones.len(), 0);
+    assert!(
+        svc_now.tombstones.capacity() <= ROOM_SLACK * ROOM_KEEP,
+        "tombstones: {}",
+        svc_now.tombstones.capacity()
+    );
+    assert!(
+        s.purges.capacity() <= ROOM_SLACK * ROOM_KEEP,
+        "purge queue: {}",
+        s.purges.capacity()
+    );
+}
