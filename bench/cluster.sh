@@ -11,6 +11,9 @@
 # to bench/results/cluster-*.md. Everything talks to 127.0.0.1, and every
 # phase is bounded by distro-loadgen's own limits.
 set -euo pipefail
+# Each run starts empty (no store read back from an earlier run) unless
+# DISTRO_REGISTRY_DATA_DIR says otherwise.
+export DISTRO_REGISTRY_DATA_DIR=${DISTRO_REGISTRY_DATA_DIR:-none}
 cd "$(dirname "$0")/.."
 WHAT=${1:-all}
 if [ "$WHAT" = all ]; then

@@ -11,6 +11,9 @@
 # into bench/.peers (git-ignored) on first use; uses nginx as the floor if
 # installed, else loadgen/examples/floor.rs. Everything talks to 127.0.0.1.
 set -euo pipefail
+# Each run starts empty (no store read back from an earlier run) unless
+# DISTRO_REGISTRY_DATA_DIR says otherwise.
+export DISTRO_REGISTRY_DATA_DIR=${DISTRO_REGISTRY_DATA_DIR:-none}
 cd "$(dirname "$0")/.."
 SCENARIO=${1:?usage: bench/compare.sh burst|beat|query|biglist|all [loadgen flags]}
 shift || true

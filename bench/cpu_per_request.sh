@@ -12,6 +12,9 @@
 # bounded by wrk; CPU per request is the figure to compare. BIN=path runs
 # another build (an A/B against an older commit).
 set -euo pipefail
+# Each run starts empty (no store read back from an earlier run) unless
+# DISTRO_REGISTRY_DATA_DIR says otherwise.
+export DISTRO_REGISTRY_DATA_DIR=${DISTRO_REGISTRY_DATA_DIR:-none}
 cd "$(dirname "$0")/.."
 CORES=${1:-1}
 SECS=${2:-10}

@@ -6,6 +6,9 @@
 #
 #   bench/cross_core.sh 2
 set -euo pipefail
+# Each run starts empty (no store read back from an earlier run) unless
+# DISTRO_REGISTRY_DATA_DIR says otherwise.
+export DISTRO_REGISTRY_DATA_DIR=${DISTRO_REGISTRY_DATA_DIR:-none}
 cd "$(dirname "$0")/.."
 cargo build --release --quiet -p distro-registry
 CORES=${1:-2}; PORT=${PORT:-18848}

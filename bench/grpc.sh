@@ -14,6 +14,9 @@
 # with one thread on CPU $LOADGEN_CPUS. Installs r-nacos into bench/.peers
 # on first use (as bench/compare.sh). Everything talks to 127.0.0.1.
 set -euo pipefail
+# Each run starts empty (no store read back from an earlier run) unless
+# DISTRO_REGISTRY_DATA_DIR says otherwise.
+export DISTRO_REGISTRY_DATA_DIR=${DISTRO_REGISTRY_DATA_DIR:-none}
 cd "$(dirname "$0")/.."
 DR_PORT=18848 RN_PORT=18948
 INSTANCES=${INSTANCES:-10000} SERVICES=${SERVICES:-1000} CONNECTIONS=${CONNECTIONS:-256}

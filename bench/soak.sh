@@ -12,6 +12,9 @@
 # STORM_INSTANCES (default 100,000) bounds the storm and its cleanup.
 # Everything talks to 127.0.0.1; every loop is bounded by DURATION.
 set -euo pipefail
+# Each run starts empty (no store read back from an earlier run) unless
+# DISTRO_REGISTRY_DATA_DIR says otherwise.
+export DISTRO_REGISTRY_DATA_DIR=${DISTRO_REGISTRY_DATA_DIR:-none}
 cd "$(dirname "$0")/.."
 DURATION=${DURATION:-600}
 KILL_EVERY=${KILL_EVERY:-60}

@@ -198,6 +198,40 @@ impl<'de> Deserialize<'de> for GrpcPort {
     }
 }
 
+/// Where the node keeps its store (`--data-dir`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DataDir {
+    /// `none`: everything in memory, nothing survives a restart.
+    None,
+    Path(PathBuf),
+}
+
+/// The default data directory, relative to where the node starts.
+pub const DATA_DIR_DEFAULT: &str = "./data";
+
+impl SettingValue for DataDir {
+    fn parse_setting(s: &str) -> Result<Self, String> {
+        match s.trim() {
+            "" => Err("an empty --data-dir; give a directory, or none".into()),
+            "none" => Ok(DataDir::None),
+            p => Ok(DataDir::Path(PathBuf::from(p))),
+        }
+    }
+    fn show(&self) -> String {
+        match self {
+            DataDir::None => "none".into(),
+            DataDir::Path(p) => p.display().to_string(),
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for DataDir {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        DataDir::parse_setting(&s).map_err(serde::de::Error::custom)
+    }
+}
+
 fn parse_setting<T: SettingValue>(s: &str) -> Result<T, String> {
     T::parse_setting(s)
 }
@@ -289,6 +323,10 @@ settings! {
     /// A probed gRPC connection that does not answer within this is closed
     /// and its instances removed, ms.
     grpc_probe_timeout_ms: u64 = 5_000,
+    /// Directory of the node's store (persistent instances, service
+    /// fields, ephemeral instances saved behind); `none` keeps everything
+    /// in memory. One node per directory.
+    data_dir: DataDir = DataDir::Path(PathBuf::from(DATA_DIR_DEFAULT)),
 }
 
 impl FileConfig {

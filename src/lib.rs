@@ -4,6 +4,7 @@
 pub mod api;
 pub mod cluster;
 pub mod config;
+pub mod disk;
 pub mod distro;
 pub mod grpc;
 pub mod http;

@@ -30,6 +30,10 @@ pub enum ServerError {
     Thread(std::io::Error),
     #[error("{0}")]
     Config(crate::config::ConfigError),
+    #[error("{0}")]
+    Disk(#[from] crate::disk::DiskError),
+    #[error("cannot start the storage thread: {0}")]
+    StorageThread(std::io::Error),
 }
 
 /// "address already in use" says what to do about it.
@@ -122,6 +126,20 @@ pub fn run(config: Config) -> Result<(), ServerError> {
         inboxes.push(tx);
         receivers.push(rx);
     }
+    let opened = match &config.data_dir {
+        crate::config::DataDir::None => {
+            tracing::info!("--data-dir none: nothing is saved, a restart starts empty");
+            None
+        }
+        crate::config::DataDir::Path(dir) => Some(crate::disk::open(dir)?),
+    };
+    let (disk, disk_queue) = match &opened {
+        Some(_) => {
+            let (h, q) = crate::disk::queue();
+            (Some(h), Some(q))
+        }
+        None => (None, None),
+    };
     let node = NodeInfo { advertise: addr };
     let cluster = match config.cluster_members().map_err(ServerError::Config)? {
         Some((me, members)) => {
@@ -139,17 +157,50 @@ pub fn run(config: Config) -> Result<(), ServerError> {
         open_connections: AtomicUsize::new(0),
         shutdown: AtomicBool::new(false),
         boot_ms: crate::shard::now_ms(),
+        disk,
     });
     watch_signals(shared.clone())?;
     let mut threads = Vec::with_capacity(cores);
+    let mut restore_tx = Vec::with_capacity(cores);
+    let (restored_tx, restored_rx) = crossbeam_channel::bounded(cores);
     for (id, (rx, l)) in receivers.into_iter().zip(http_listeners).enumerate() {
         let shared = shared.clone();
         let g = grpc_listeners[id].take();
+        let restore = opened.as_ref().map(|o| {
+            let (tx, rx) = crossbeam_channel::bounded(crate::disk::RESTORE_QUEUE_SERVICES);
+            restore_tx.push(tx);
+            shard::Restore {
+                services: rx,
+                clock: o.clock,
+                done: restored_tx.clone(),
+            }
+        });
         let t = std::thread::Builder::new()
             .name(format!("shard-{id}"))
-            .spawn(move || shard::run(id, shared, rx, l, g))
+            .spawn(move || shard::run(id, shared, rx, l, g, restore))
             .map_err(ServerError::Thread)?;
         threads.push(t);
+    }
+    drop(restored_tx);
+    let mut storage = None;
+    if let (Some(o), Some(q)) = (opened, disk_queue) {
+        // Every shard takes its services in before anyone is answered.
+        let started = std::time::Instant::now();
+        let loaded = o.load(|svc| {
+            let to = shard::router::shard_of(&svc.key, cores);
+            // A shard that went away has exited the process.
+            let _ = restore_tx[to].send(svc);
+        })?;
+        drop(restore_tx);
+        let instances: usize = restored_rx.iter().sum();
+        tracing::info!(
+            services = loaded.services,
+            rows = loaded.rows,
+            instances,
+            ms = started.elapsed().as_millis() as u64,
+            "store read back"
+        );
+        storage = Some(o.start(q).map_err(ServerError::StorageThread)?);
     }
     tracing::info!(cores, "listening on {addr}");
     match grpc_addr {
@@ -159,6 +210,12 @@ pub fn run(config: Config) -> Result<(), ServerError> {
     for t in threads {
         if t.join().is_err() {
             tracing::error!("a shard thread panicked");
+        }
+    }
+    if let (Some(t), Some(d)) = (storage, &shared.disk) {
+        d.stop();
+        if t.join().is_err() {
+            tracing::error!("the storage thread panicked");
         }
     }
     tracing::info!("stopped");

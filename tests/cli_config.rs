@@ -58,6 +58,7 @@ fn environment_and_file_and_flag_precedence() {
 
 fn refused(args: &[&str], env: &[(&str, &str)]) -> String {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_distro-registry"));
+    cmd.env(common::DATA_DIR_ENV, "none");
     cmd.args(args).stdout(Stdio::null()).stderr(Stdio::piped());
     for (k, v) in env {
         cmd.env(k, v);
@@ -166,6 +167,7 @@ fn each_shard_logs_its_driver_and_it_matches_the_environment() {
 fn sigterm_stops_a_node_whose_stderr_reader_went_away() {
     use std::io::{BufRead, BufReader};
     let mut child = Command::new(env!("CARGO_BIN_EXE_distro-registry"))
+        .env(common::DATA_DIR_ENV, "none")
         .args([
             "--bind",
             "127.0.0.1:0",
@@ -225,6 +227,7 @@ fn shards_pin_within_the_allowed_cpus() {
         return;
     }
     let child = Command::new("taskset")
+        .env(common::DATA_DIR_ENV, "none")
         .args([
             "-c",
             "1",
@@ -278,6 +281,7 @@ fn shards_pin_within_the_allowed_cpus() {
 fn exits_within(args: &[&str], secs: u64) -> (std::process::ExitStatus, String) {
     use std::io::Read;
     let mut child = Command::new(env!("CARGO_BIN_EXE_distro-registry"))
+        .env(common::DATA_DIR_ENV, "none")
         .args(args)
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
@@ -353,6 +357,7 @@ fn a_second_node_on_a_busy_port_refuses_to_start() {
 #[test]
 fn help_shows_each_settings_default_and_variable() {
     let out = Command::new(env!("CARGO_BIN_EXE_distro-registry"))
+        .env(common::DATA_DIR_ENV, "none")
         .arg("--help")
         .output()
         .unwrap();

@@ -606,7 +606,11 @@ fn standalone_node_serves_no_peer_endpoints() {
 fn a_cluster_node_refuses_to_start_without_a_token_or_outside_the_members() {
     let bin = env!("CARGO_BIN_EXE_distro-registry");
     let run = |args: &[&str]| {
-        let out = std::process::Command::new(bin).args(args).output().unwrap();
+        let out = std::process::Command::new(bin)
+            .env(common::DATA_DIR_ENV, "none")
+            .args(args)
+            .output()
+            .unwrap();
         (
             out.status.code(),
             String::from_utf8_lossy(&out.stderr).into_owned(),

@@ -156,6 +156,7 @@ impl Net {
         let me = format!("{}:{PORT}", ip_of(i));
         let bind = format!("0.0.0.0:{PORT}");
         let child = Command::new("ip")
+            .env(common::DATA_DIR_ENV, "none")
             .args([
                 "netns",
                 "exec",

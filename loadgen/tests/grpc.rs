@@ -28,6 +28,7 @@ fn node() -> Node {
         bin.display()
     );
     let mut child = Command::new(bin)
+        .env("DISTRO_REGISTRY_DATA_DIR", "none")
         .args([
             "--bind",
             "127.0.0.1:0",

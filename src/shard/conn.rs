@@ -118,6 +118,9 @@ async fn serve_inner(ctx: &Rc<ShardCtx>, stream: &mut TcpStream, peer: SocketAdd
                         // Head (after any earlier pipelined answers), then
                         // the cached body itself.
                         response::write_head(&mut out, &reply, keep_alive);
+                        if ctx.mail.is_due() {
+                            ctx.send_mail();
+                        }
                         let (res, o) = stream.write_all(out).await;
                         out = o;
                         out.clear();
@@ -154,6 +157,10 @@ async fn serve_inner(ctx: &Rc<ShardCtx>, stream: &mut TcpStream, peer: SocketAdd
         }
         buf.drain(..consumed);
         if !out.is_empty() {
+            if ctx.mail.is_due() {
+                // What these requests posted leaves before their replies.
+                ctx.send_mail();
+            }
             let (res, o) = stream.write_all(out).await;
             out = o;
             out.clear();
@@ -281,7 +288,8 @@ pub async fn run_op(
             // Beats other shards answered before this write apply first.
             ctx.drain_inbox();
         }
-        return ctx.execute(op, subscription, now_ms());
+        let (reply, saved) = ctx.execute_op(op, subscription, now_ms());
+        return crate::shard::settle(reply, saved).await;
     }
     if op.reads_view() {
         let (mut op, mut subscription) = (Some(op), subscription);
@@ -298,7 +306,10 @@ pub async fn run_op(
         from: ctx.id,
         reply: tx,
     };
-    ask(ctx, target, msg, rx).await
+    match ask::<_, Result<_, Reply>>(ctx, target, msg, rx).await {
+        Ok((reply, saved)) => crate::shard::settle(reply, saved).await,
+        Err(r) => r,
+    }
 }
 
 /// Answers a read or a beat for another shard's service from the view
@@ -389,17 +400,19 @@ async fn read_at_owner(
         return Reply::text(503, "shard busy, retry");
     }
     match rx.await {
-        Ok((reply, slot)) => {
-            let mut views = ctx.views.borrow_mut();
-            match slot {
-                Some(slot) => {
-                    views.insert(key, slot);
-                }
-                None => {
-                    views.remove(&key);
+        Ok((reply, slot, saved)) => {
+            {
+                let mut views = ctx.views.borrow_mut();
+                match slot {
+                    Some(slot) => {
+                        views.insert(key, slot);
+                    }
+                    None => {
+                        views.remove(&key);
+                    }
                 }
             }
-            reply
+            crate::shard::settle(reply, saved).await
         }
         Err(_) => Reply::text(500, "shard did not answer"),
     }

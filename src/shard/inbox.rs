@@ -150,6 +150,11 @@ impl<T> Mail<T> {
         }
     }
 
+    /// Whether anything was posted since the last take.
+    pub fn is_due(&self) -> bool {
+        self.due.get()
+    }
+
     /// Messages waiting for core `to`.
     pub fn waiting(&self, to: usize) -> usize {
         self.out.borrow()[to].0.len()

@@ -59,7 +59,9 @@ pub enum ShardMsg {
         subscription: Option<Subscription>,
         /// The asking shard, where the answer goes back.
         from: usize,
-        reply: oneshot::Sender<Reply>,
+        /// The answer, and for a change to persistent data what its
+        /// save says (the asker waits for it before it answers).
+        reply: oneshot::Sender<(Reply, Option<crate::disk::Saved>)>,
     },
     /// Names of the services of a namespace and group on this shard.
     ServiceNames {
@@ -74,7 +76,7 @@ pub enum ShardMsg {
         op: Op,
         subscription: Option<Subscription>,
         from: usize,
-        reply: oneshot::Sender<(Reply, Option<Arc<ViewSlot>>)>,
+        reply: oneshot::Sender<(Reply, Option<Arc<ViewSlot>>, Option<crate::disk::Saved>)>,
     },
     /// A beat another shard answered from its view: apply it, answer no
     /// one.
@@ -85,6 +87,30 @@ pub enum ShardMsg {
     /// An answer back on the asking shard: completes its waiter there (so
     /// that answers travel in batches too, and wake their task locally).
     Done(Box<dyn FnOnce() + Send>),
+}
+
+/// The answer to a persistent write while the store cannot be written.
+pub fn refused_unsaved(why: &str) -> Reply {
+    Reply::text(
+        503,
+        format!(
+            "the data directory cannot be written ({why}): persistent writes are refused \
+             until it can"
+        ),
+    )
+}
+
+/// The reply of a write once its save (if it had to wait for one) is
+/// done: 503 when the store could not save it.
+pub async fn settle(reply: Reply, saved: Option<crate::disk::Saved>) -> Reply {
+    match saved {
+        None => reply,
+        Some(rx) => match rx.await {
+            Ok(Ok(())) => reply,
+            Ok(Err(why)) => refused_unsaved(&why),
+            Err(_) => refused_unsaved("the store stopped"),
+        },
+    }
 }
 
 /// Ops whose changes are replicated (everything but reads).
@@ -114,6 +140,8 @@ pub struct Shared {
     /// When this process started (ms since epoch): the incarnation its
     /// connection leases carry.
     pub boot_ms: u64,
+    /// The store on disk; None with `--data-dir none`.
+    pub disk: Option<crate::disk::DiskHandle>,
 }
 
 impl Shared {
@@ -153,10 +181,28 @@ impl ShardCtx {
         &self.shared.stats[self.id]
     }
 
-    /// Applies a command on this shard. Never awaits, so the `RefCell`
-    /// borrow cannot span a suspension.
+    /// Applies a command on this shard, for a caller that does not wait
+    /// for its save (a beat, a relayed beat).
     pub fn execute(&self, op: Op, subscription: Option<Subscription>, now_ms: u64) -> Reply {
+        self.execute_op(op, subscription, now_ms).0
+    }
+
+    /// Applies a command on this shard. Never awaits, so the `RefCell`
+    /// borrow cannot span a suspension. A change to persistent data comes
+    /// with what its save will say: its reply may leave only once that
+    /// says Ok (`settle`).
+    pub fn execute_op(
+        &self,
+        op: Op,
+        subscription: Option<Subscription>,
+        now_ms: u64,
+    ) -> (Reply, Option<crate::disk::Saved>) {
         let mut st = self.state.borrow_mut();
+        if let Some(d) = &self.shared.disk {
+            if d.failing() && st.store.needs_durability(&op) {
+                return (refused_unsaved(&d.last_error()), None);
+            }
+        }
         if let Some(sub) = subscription {
             st.push.subscribe(op.service(), sub, now_ms);
         }
@@ -175,7 +221,40 @@ impl ShardCtx {
             self.mark_changed(&key, now_ms);
         }
         self.publish_counts(&st);
-        applied.reply
+        let saved = self.save(&mut st.store, now_ms);
+        (applied.reply, saved)
+    }
+
+    /// Hands the store's changes to the storage thread: now, with a waiter,
+    /// when they hold persistent data; behind when they grew past
+    /// `JOURNAL_ENTRIES_MAX`; else at the next tick (`save_behind`).
+    fn save(&self, store: &mut Store, now_ms: u64) -> Option<crate::disk::Saved> {
+        let disk = self.shared.disk.as_ref()?;
+        if store.journal_durable() {
+            let changes = store.take_changes()?;
+            return Some(disk.save_durable(changes, now_ms).unwrap_or_else(|e| {
+                let (tx, rx) = oneshot::channel();
+                let _ = tx.send(Err(e));
+                rx
+            }));
+        }
+        if store.journal_len() >= crate::store::journal::JOURNAL_ENTRIES_MAX {
+            if let Some(c) = store.take_changes() {
+                disk.save_behind(c, now_ms);
+            }
+        }
+        None
+    }
+
+    /// Saves what changed since the last save, without waiting (the tick).
+    pub fn save_behind(&self, now_ms: u64) {
+        let Some(disk) = &self.shared.disk else {
+            return;
+        };
+        let changes = self.state.borrow_mut().store.take_changes();
+        if let Some(c) = changes {
+            disk.save_behind(c, now_ms);
+        }
     }
 
     /// Counts that change with every write (two relaxed stores).
@@ -207,7 +286,7 @@ impl ShardCtx {
                 from,
                 reply,
             } => {
-                let r = self.execute(op, subscription, now_ms());
+                let r = self.execute_op(op, subscription, now_ms());
                 // The asking side may have gone (connection closed): fine.
                 self.answer(from, move || {
                     let _ = reply.send(r);
@@ -232,10 +311,10 @@ impl ShardCtx {
             } => {
                 let now = now_ms();
                 let key = op.service().full_key().to_string();
-                let r = self.execute(op, subscription, now);
+                let (r, saved) = self.execute_op(op, subscription, now);
                 let slot = self.state.borrow_mut().store.share_view(&key, now);
                 self.answer(from, move || {
-                    let _ = reply.send((r, slot));
+                    let _ = reply.send((r, slot, saved));
                 });
             }
             ShardMsg::Beat(op) => {
@@ -301,6 +380,21 @@ impl ShardCtx {
         Ok(())
     }
 
+    /// Sends what was posted for other shards: one batch per destination.
+    /// The flusher calls it at the end of each turn, and a connection
+    /// before its replies leave, so that a message posted for a request
+    /// (a beat answered from a view) is in its owner's inbox before the
+    /// client can send its next request (to any shard).
+    pub fn send_mail(&self) {
+        for (to, batch, wake) in self.mail.take() {
+            self.stats()
+                .cross_core_batches
+                .fetch_add(1, Ordering::Relaxed);
+            // Closed only while the process exits.
+            let _ = self.shared.inboxes[to].send_batch(batch, wake);
+        }
+    }
+
     /// Completes a request of shard `to`: there, in its next batch (here at
     /// once when it is this shard).
     pub fn answer(&self, to: usize, done: impl FnOnce() + Send + 'static) {
@@ -350,6 +444,16 @@ impl ShardCtx {
     }
 }
 
+/// What a shard reads back from the store before it serves.
+pub struct Restore {
+    /// Its services, whole, until the sender is dropped.
+    pub services: Receiver<crate::store::journal::SavedService>,
+    /// The saved clock (`disk::Opened::clock`).
+    pub clock: u64,
+    /// Told the instances restored once done.
+    pub done: crossbeam_channel::Sender<usize>,
+}
+
 /// Runs shard `id` on the current thread until shutdown.
 pub fn run(
     id: usize,
@@ -357,12 +461,13 @@ pub fn run(
     rx: Receiver<Vec<ShardMsg>>,
     listener: std::net::TcpListener,
     grpc: Option<std::net::TcpListener>,
+    restore: Option<Restore>,
 ) {
     match runtime::pin_to_allowed_cpu(id) {
         Some(cpu) => tracing::debug!(shard = id, cpu, "shard pinned"),
         None => tracing::warn!(shard = id, "could not pin shard to a core"),
     }
-    let fut = shard_main(id, shared, rx, listener, grpc);
+    let fut = shard_main(id, shared, rx, listener, grpc, restore);
     let result = runtime::block_on(
         fut,
         |driver| tracing::info!(shard = id, driver, "shard started"),
@@ -381,6 +486,7 @@ async fn shard_main(
     rx: Receiver<Vec<ShardMsg>>,
     listener: std::net::TcpListener,
     grpc: Option<std::net::TcpListener>,
+    restore: Option<Restore>,
 ) {
     let c = &shared.config;
     let now = now_ms();
@@ -432,6 +538,9 @@ async fn shard_main(
     };
     let writer = ctx.writer_id();
     ctx.state.borrow_mut().store.set_writer(writer);
+    if let Some(r) = restore {
+        restore_store(&ctx, r);
+    }
     crate::cluster::driver::spawn(&ctx);
     monoio::spawn(inbox_loop(ctx.clone()));
     monoio::spawn(flush_loop(ctx.clone()));
@@ -474,6 +583,36 @@ async fn shard_main(
     tracing::info!(shard = id, unfinished = inflight(), "shard stopped");
 }
 
+/// Takes in the services read back from the store (before anything else
+/// runs on this shard), then notes every later change for saving.
+fn restore_store(ctx: &ShardCtx, r: Restore) {
+    let now = now_ms();
+    let mut st = ctx.state.borrow_mut();
+    for saved in r.services.iter() {
+        match saved.into_datum() {
+            Ok(d) => {
+                st.store.restore(d, now);
+            }
+            Err(e) => {
+                let file = match &ctx.shared.config.data_dir {
+                    crate::config::DataDir::Path(p) => p.join(crate::disk::STORE_FILE),
+                    crate::config::DataDir::None => Default::default(),
+                };
+                tracing::error!(
+                    "store file {} cannot be read: {e}. To start empty, move it away (or \
+                     start with another --data-dir, or --data-dir none)",
+                    file.display()
+                );
+                std::process::exit(1);
+            }
+        }
+    }
+    st.store.observe_saved_clock(r.clock, now);
+    st.store.enable_journal();
+    ctx.publish_counts(&st);
+    let _ = r.done.send(st.store.counts().instances);
+}
+
 async fn inbox_loop(ctx: Rc<ShardCtx>) {
     let inbox = &ctx.shared.inboxes[ctx.id];
     loop {
@@ -487,13 +626,7 @@ async fn inbox_loop(ctx: Rc<ShardCtx>) {
 async fn flush_loop(ctx: Rc<ShardCtx>) {
     loop {
         ctx.mail.posted().await;
-        for (to, batch, wake) in ctx.mail.take() {
-            ctx.stats()
-                .cross_core_batches
-                .fetch_add(1, Ordering::Relaxed);
-            // Closed only while the process exits.
-            let _ = ctx.shared.inboxes[to].send_batch(batch, wake);
-        }
+        ctx.send_mail();
     }
 }
 
@@ -536,6 +669,8 @@ async fn tick_loop(ctx: Rc<ShardCtx>, udp: Rc<UdpSocket>, canceller: monoio::io:
         monoio::time::sleep(tick).await;
         if ctx.shared.shutdown.load(Ordering::Relaxed) {
             canceller.cancel();
+            ctx.drain_inbox();
+            ctx.save_behind(now_ms());
             return;
         }
         let now = now_ms();
@@ -601,6 +736,8 @@ async fn tick_loop(ctx: Rc<ShardCtx>, udp: Rc<UdpSocket>, canceller: monoio::io:
             ctx.publish_counts(st);
             ctx.publish_gauges(st);
         }
+        // Ephemeral changes of this tick, expiry's included.
+        ctx.save_behind(now);
         for p in grpc_out.drain(..) {
             crate::grpc::server::push_to(&ctx, p);
         }

@@ -7,6 +7,7 @@
 pub mod datum;
 pub mod expiry;
 pub mod instance;
+pub mod journal;
 pub mod render;
 pub mod replica;
 pub mod service;
@@ -234,6 +235,8 @@ pub struct Store {
     /// Services a merge changed in a way only this node knows of (see
     /// `take_reasserted`): to replicate.
     reasserted: Vec<String>,
+    /// Keys changed since the last save; None when nothing is saved.
+    journal: Option<journal::Journal>,
 }
 
 /// The 404 of an instance detail.
@@ -274,6 +277,7 @@ impl Store {
             future_versions_refused: 0,
             lease_policy: None,
             reasserted: Vec::new(),
+            journal: None,
         }
     }
 
@@ -296,6 +300,7 @@ impl Store {
     /// Leaves a tombstone of `version` for an instance, purged after the TTL.
     fn bury_at(&mut self, svc_key: &Rc<str>, inst_key: Arc<str>, version: Version, now_ms: u64) {
         if let Some(s) = self.services.get_mut(svc_key) {
+            journal::note(&mut self.journal, svc_key, Some(&inst_key));
             s.tombstones.insert(inst_key.clone(), version);
             self.purges.push_back((
                 now_ms + self.tombstone_ttl_ms,
@@ -336,6 +341,7 @@ impl Store {
                 Some(k) => {
                     if let Some(s) = self.services.get_mut(&svc_key) {
                         if s.tombstones.get(&k) == Some(&version) {
+                            journal::note(&mut self.journal, &svc_key, Some(&k));
                             s.tombstones.remove(&k);
                             shrink_sparse(&mut s.tombstones);
                             // The checksum covers tombstones; lists do not.
@@ -347,6 +353,7 @@ impl Store {
                     if matches!(self.service_tombstones.get(&svc_key), Some((_, v)) if *v == version)
                     {
                         self.service_tombstones.remove(&svc_key);
+                        journal::note(&mut self.journal, &svc_key, None);
                     }
                 }
             }
@@ -399,6 +406,7 @@ impl Store {
         let key = id.full_key();
         if !self.services.contains_key(key) {
             let s = Service::new(id.clone(), now_ms);
+            journal::note(&mut self.journal, &s.key, None);
             self.services.insert(s.key.clone(), s);
         }
         self.services.get_mut(key).expect("inserted above")
@@ -429,11 +437,9 @@ impl Store {
         s.hidden = false;
         let key = spec.addr.key();
         let timeouts = defaults.for_metadata(&spec.metadata);
-        let timer_armed = s
-            .instances
-            .get(key.as_str())
-            .map(|i| i.timer_armed)
-            .unwrap_or(false);
+        let old = s.instances.get(key.as_str());
+        let timer_armed = old.map(|i| i.timer_armed).unwrap_or(false);
+        let durable = !spec.ephemeral || old.is_some_and(|i| !i.ephemeral);
         let mut inst = Instance {
             data: Arc::new(InstanceData {
                 key: Arc::from(key),
@@ -451,8 +457,12 @@ impl Store {
             conn,
         };
         let svc_key = s.key.clone();
+        if durable {
+            journal::note_durable(&mut self.journal);
+        }
         Self::arm(&mut self.timers, &svc_key, &mut inst);
         let s = self.services.get_mut(&*svc_key).expect("exists");
+        journal::note(&mut self.journal, &svc_key, Some(&inst.key));
         s.tombstones.remove(&inst.key);
         if s.instances.insert(inst.key.clone(), inst).is_none() {
             self.instances += 1;
@@ -476,6 +486,10 @@ impl Store {
         let Some(inst) = s.instances.get_mut(addr.key().as_str()) else {
             return false;
         };
+        journal::note(&mut self.journal, &svc_key, Some(&inst.key));
+        if !inst.ephemeral || change.ephemeral == Some(false) {
+            journal::note_durable(&mut self.journal);
+        }
         inst.version = version;
         if let Some(w) = change.weight {
             inst.weight = w;
@@ -529,6 +543,9 @@ impl Store {
         let Some(inst) = s.instances.remove(key) else {
             return false;
         };
+        if !inst.ephemeral {
+            journal::note_durable(&mut self.journal);
+        }
         self.instances -= 1;
         s.touch(now_ms);
         let svc_key = s.key.clone();
@@ -660,6 +677,9 @@ impl Store {
                 Self::set_service(s, change);
                 s.fields_version = version;
                 s.touch(now_ms);
+                let key = s.key.clone();
+                journal::note(&mut self.journal, &key, None);
+                journal::note_durable(&mut self.journal);
                 changed(Reply::ok())
             }
             Op::UpdateService { svc, change } => {
@@ -668,6 +688,8 @@ impl Store {
                         Self::set_service(s, change);
                         s.fields_version = self.stamp.next(now_ms);
                         s.touch(now_ms);
+                        journal::note(&mut self.journal, &s.key, None);
+                        journal::note_durable(&mut self.journal);
                         changed(Reply::ok())
                     }
                     None => unchanged(Reply::not_found(format!(
@@ -692,6 +714,8 @@ impl Store {
                         // service tombstone is newer than all of them.
                         let version = self.next_version(now_ms);
                         if let Some(gone) = self.services.remove(key) {
+                            journal::note_cleared(&mut self.journal, &gone.key);
+                            journal::note_durable(&mut self.journal);
                             self.service_tombstones
                                 .insert(gone.key.clone(), (gone.id.clone(), version));
                             self.purges.push_back((
@@ -745,6 +769,7 @@ impl Store {
                 Self::arm(&mut self.timers, &svc_key, inst);
                 let revived = !inst.healthy;
                 if revived {
+                    journal::note(&mut self.journal, &svc_key, Some(&inst.key));
                     inst.healthy = true;
                     inst.version = self.stamp.next(now_ms);
                     s.touch(now_ms);
@@ -840,6 +865,7 @@ impl Store {
                 tracing::info!(service = %svc_key, instance = %inst_key, silent_ms, "instance unhealthy");
                 inst.healthy = false;
                 inst.version = self.stamp.next(now_ms);
+                journal::note(&mut self.journal, &svc_key, Some(&inst.key));
                 s.touch(now_ms);
                 changed.push(svc_key.clone());
             }

@@ -158,6 +158,7 @@ impl Store {
             stamp,
             lease_policy,
             reasserted,
+            journal,
             ..
         } = self;
         let s = services.get_mut(key).expect("created above");
@@ -170,6 +171,7 @@ impl Store {
             s.selector = d.fields.selector;
             s.fields_version = d.fields.version;
             changed = true;
+            super::journal::note(journal, &svc_key, None);
         }
         let mut reassert = false;
         for mut r in d.instances {
@@ -203,6 +205,7 @@ impl Store {
                         .is_some_and(|l| l.holder == p.me && p.keeps(l))
                     {
                         i.version = stamp.next(now_ms);
+                        super::journal::note(journal, &svc_key, Some(&i.key));
                         reassert = true;
                         continue;
                     }
@@ -210,6 +213,7 @@ impl Store {
             }
             changed = true;
             let inst_key: Arc<str> = Arc::from(r.key.as_str());
+            super::journal::note(journal, &svc_key, Some(&inst_key));
             if r.deleted {
                 if s.instances.remove(&inst_key).is_some() {
                     *instances -= 1;
@@ -309,12 +313,14 @@ impl Store {
                 return false; // written again after the delete
             }
             let gone = self.services.remove(key).expect("present");
+            super::journal::note_cleared(&mut self.journal, &gone.key);
             self.instances -= gone.instances.len();
             removed = true;
         }
         let newer_tomb = matches!(self.service_tombstones.get(key), Some((_, v)) if *v >= deleted);
         if !newer_tomb {
             let k: Rc<str> = Rc::from(key);
+            super::journal::note(&mut self.journal, &k, None);
             self.service_tombstones.insert(k.clone(), (id, deleted));
             self.purges
                 .push_back((now_ms + self.tombstone_ttl_ms, k, None, deleted));
@@ -448,6 +454,7 @@ impl Store {
             .collect();
         for k in &doomed {
             if let Some(gone) = self.services.remove(k) {
+                super::journal::note_cleared(&mut self.journal, &gone.key);
                 self.instances -= gone.instances.len();
             }
         }
@@ -459,6 +466,7 @@ impl Store {
             .collect();
         for k in &tombs {
             self.service_tombstones.remove(k);
+            super::journal::note(&mut self.journal, k, None);
         }
         doomed
     }

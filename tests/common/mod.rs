@@ -8,6 +8,10 @@ use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
+/// The variable of `--data-dir`: "none" for every test node unless the
+/// test gives `--data-dir` (the flag wins over the variable).
+pub const DATA_DIR_ENV: &str = "DISTRO_REGISTRY_DATA_DIR";
+
 /// A running node; killed when dropped.
 pub struct Node {
     pub child: Child,
@@ -27,6 +31,7 @@ impl Node {
     /// Starts a node with exactly `args` (no `--bind` added).
     pub fn start_raw(args: &[String]) -> Node {
         let child = Command::new(env!("CARGO_BIN_EXE_distro-registry"))
+            .env(DATA_DIR_ENV, "none")
             .args(args)
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
@@ -37,6 +42,8 @@ impl Node {
 
     pub fn start_with_env(args: &[&str], env: &[(&str, &str)]) -> Node {
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_distro-registry"));
+        // Test nodes keep nothing unless a test gives --data-dir.
+        cmd.env(DATA_DIR_ENV, "none");
         cmd.args(["--bind", "127.0.0.1:0"]).args(args);
         for (k, v) in env {
             cmd.env(k, v);

@@ -18,6 +18,8 @@ class Node:
             stdout=subprocess.DEVNULL,
             stderr=subprocess.PIPE,
             text=True,
+            # Every test node starts empty and saves nothing.
+            env={**os.environ, "DISTRO_REGISTRY_DATA_DIR": "none"},
         )
         self.addr = None
         for line in self.proc.stderr:

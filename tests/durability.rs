@@ -1,0 +1,367 @@
+//! The data directory (issue 12): what a node saves and reads back after
+//! a restart, a kill -9 or a damaged file, through the real binary.
+
+mod common;
+
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use common::{eventually, Node};
+
+const NS: &str = "/nacos/v1/ns";
+
+/// A fresh directory under the system's temp dir, removed when dropped.
+struct TempDir(PathBuf);
+
+impl TempDir {
+    fn new(name: &str) -> TempDir {
+        let p = std::env::temp_dir().join(format!("dr-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&p);
+        std::fs::create_dir_all(&p).unwrap();
+        TempDir(p)
+    }
+
+    fn path(&self) -> &str {
+        self.0.to_str().unwrap()
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+fn start(dir: &str, extra: &[&str]) -> Node {
+    let mut args = vec!["--data-dir", dir, "--grpc-port", "0"];
+    args.extend_from_slice(extra);
+    Node::start(&args)
+}
+
+fn kill9(mut n: Node) {
+    n.child.kill().unwrap();
+    n.child.wait().unwrap();
+}
+
+fn hosts(n: &Node, svc: &str) -> Vec<serde_json::Value> {
+    n.json(&format!("{NS}/instance/list?serviceName={svc}"))["hosts"]
+        .as_array()
+        .unwrap()
+        .clone()
+}
+
+fn ips(n: &Node, svc: &str) -> BTreeSet<String> {
+    hosts(n, svc)
+        .iter()
+        .map(|h| h["ip"].as_str().unwrap().to_string())
+        .collect()
+}
+
+fn ok(n: &Node, method: &str, path: &str) {
+    let r = n.req(method, path, "");
+    assert_eq!((r.status, r.body.as_str()), (200, "ok"), "{method} {path}");
+}
+
+fn set(items: &[&str]) -> BTreeSet<String> {
+    items.iter().map(|s| s.to_string()).collect()
+}
+
+fn metric(n: &Node, name: &str) -> f64 {
+    let page = n.get("/metrics").body;
+    page.lines()
+        .find_map(|l| l.strip_prefix(&format!("{name} ")))
+        .map(|v| v.trim().parse().unwrap())
+        .unwrap_or_else(|| panic!("no metric {name}"))
+}
+
+/// Persistent and ephemeral instances, service fields and a deregister
+/// survive a kill -9 and a clean stop; restored ephemeral instances get a
+/// full timeout from the restart and go one delete timeout later when no
+/// one beats them.
+#[test]
+fn a_restarted_node_serves_what_it_acknowledged_at_once() {
+    let dir = TempDir::new("restart");
+    let timeouts = [
+        "--unhealthy-timeout-ms",
+        "2000",
+        "--delete-timeout-ms",
+        "4000",
+    ];
+    let n = start(dir.path(), &timeouts);
+    for ip in ["10.0.0.1", "10.0.0.2", "10.0.0.3"] {
+        ok(
+            &n,
+            "POST",
+            &format!("{NS}/instance?serviceName=db&ip={ip}&port=5432&ephemeral=false&weight=2"),
+        );
+    }
+    ok(
+        &n,
+        "DELETE",
+        &format!("{NS}/instance?serviceName=db&ip=10.0.0.2&port=5432&ephemeral=false"),
+    );
+    ok(
+        &n,
+        "PATCH",
+        &format!("{NS}/instance?serviceName=db&ip=10.0.0.3&port=5432&ephemeral=false&weight=7&metadata=zone%3Da"),
+    );
+    ok(
+        &n,
+        "PUT",
+        &format!("{NS}/service?serviceName=db&protectThreshold=0.5&metadata=team%3Dcore"),
+    );
+    ok(
+        &n,
+        "POST",
+        &format!("{NS}/service?serviceName=empty&protectThreshold=0.25"),
+    );
+    ok(&n, "DELETE", &format!("{NS}/service?serviceName=empty"));
+    for ip in ["10.1.0.1", "10.1.0.2"] {
+        ok(
+            &n,
+            "POST",
+            &format!("{NS}/instance?serviceName=web&ip={ip}&port=80"),
+        );
+    }
+    ok(
+        &n,
+        "DELETE",
+        &format!("{NS}/instance?serviceName=web&ip=10.1.0.2&port=80"),
+    );
+    // Ephemeral changes are saved behind: within a tick (100 ms here).
+    std::thread::sleep(Duration::from_millis(400));
+    kill9(n);
+
+    let started = Instant::now();
+    let n = start(dir.path(), &timeouts);
+    assert_eq!(ips(&n, "db"), set(&["10.0.0.1", "10.0.0.3"]));
+    let db = hosts(&n, "db");
+    let three = db.iter().find(|h| h["ip"] == "10.0.0.3").unwrap();
+    assert_eq!(three["weight"], 7.0);
+    assert_eq!(three["metadata"]["zone"], "a");
+    assert_eq!(three["ephemeral"], false);
+    let svc = n.json(&format!("{NS}/service?serviceName=db"));
+    assert_eq!(svc["protectThreshold"], 0.5);
+    assert_eq!(svc["metadata"]["team"], "core");
+    assert_eq!(
+        n.get(&format!("{NS}/service?serviceName=empty")).status,
+        404
+    );
+    assert_eq!(ips(&n, "web"), set(&["10.1.0.1"]), "listed at once");
+    assert_eq!(hosts(&n, "web")[0]["healthy"], true);
+    assert_eq!(metric(&n, "registry_instances"), 3.0);
+
+    // No one beats 10.1.0.1: unhealthy after 2 s, gone after 4 s, both
+    // counted from the restart.
+    std::thread::sleep(Duration::from_millis(1000));
+    assert_eq!(hosts(&n, "web")[0]["healthy"], true, "a full timeout");
+    assert!(
+        eventually(Duration::from_secs(8), || ips(&n, "web").is_empty()),
+        "an unbeaten restored instance expires"
+    );
+    assert!(started.elapsed() >= Duration::from_millis(3500));
+
+    // A clean stop (SIGTERM) saves what it holds; a new write after the
+    // restart outranks the saved versions.
+    ok(
+        &n,
+        "POST",
+        &format!("{NS}/instance?serviceName=web&ip=10.1.0.9&port=80"),
+    );
+    let status = n.terminate();
+    assert!(status.success(), "{status:?}");
+    let n = start(dir.path(), &timeouts);
+    assert_eq!(ips(&n, "web"), set(&["10.1.0.9"]));
+    ok(
+        &n,
+        "DELETE",
+        &format!("{NS}/instance?serviceName=db&ip=10.0.0.1&port=5432&ephemeral=false"),
+    );
+    kill9(n);
+    let n = start(dir.path(), &timeouts);
+    assert_eq!(
+        ips(&n, "db"),
+        set(&["10.0.0.3"]),
+        "the delete after a restart stays"
+    );
+}
+
+/// kill -9 in the middle of a storm of persistent registrations: every
+/// registration answered `ok` is there after the restart.
+#[test]
+fn kill_9_during_persistent_registrations_loses_no_acknowledged_one() {
+    let dir = TempDir::new("storm");
+    let n = start(dir.path(), &[]);
+    let addr = n.addr;
+    let acked = Arc::new(Mutex::new(Vec::<String>::new()));
+    let stop = Arc::new(AtomicBool::new(false));
+    let writers: Vec<_> = (0..8)
+        .map(|w| {
+            let acked = acked.clone();
+            let stop = stop.clone();
+            std::thread::spawn(move || {
+                let Ok(mut s) = std::net::TcpStream::connect(addr) else {
+                    return;
+                };
+                for i in 0..100_000 {
+                    if stop.load(Ordering::Relaxed) {
+                        return;
+                    }
+                    let ip = format!("10.{w}.{}.{}", i / 250, i % 250);
+                    let path = format!(
+                        "{NS}/instance?serviceName=storm{}&ip={ip}&port=1&ephemeral=false",
+                        i % 7
+                    );
+                    common::send(&mut s, "POST", &path, "", &[]);
+                    match read_ok(&mut s) {
+                        Some(true) => acked.lock().unwrap().push(format!("{}|{ip}", i % 7)),
+                        _ => return, // the node is gone
+                    }
+                }
+            })
+        })
+        .collect();
+    assert!(eventually(Duration::from_secs(20), || acked
+        .lock()
+        .unwrap()
+        .len()
+        >= 500));
+    kill9(n);
+    stop.store(true, Ordering::Relaxed);
+    for w in writers {
+        w.join().unwrap();
+    }
+    let acked = acked.lock().unwrap().clone();
+    let n = start(dir.path(), &[]);
+    let mut present = BTreeSet::new();
+    for s in 0..7 {
+        for ip in ips(&n, &format!("storm{s}")) {
+            present.insert(format!("{s}|{ip}"));
+        }
+    }
+    let lost: Vec<&String> = acked.iter().filter(|a| !present.contains(*a)).collect();
+    assert!(
+        lost.is_empty(),
+        "{} of {} acknowledged writes lost: {:?}",
+        lost.len(),
+        acked.len(),
+        &lost[..lost.len().min(5)]
+    );
+    assert!(present.len() >= acked.len());
+}
+
+/// Reads one response: Some(whether it was `200 ok`), None when the
+/// connection broke first (the node was killed).
+fn read_ok(s: &mut std::net::TcpStream) -> Option<bool> {
+    use std::io::Read;
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 4096];
+    loop {
+        if let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+            let head = String::from_utf8_lossy(&buf[..end]).to_ascii_lowercase();
+            let len: usize = head
+                .lines()
+                .find_map(|l| l.strip_prefix("content-length:"))
+                .and_then(|v| v.trim().parse().ok())
+                .unwrap_or(0);
+            if buf.len() >= end + 4 + len {
+                let body = &buf[end + 4..end + 4 + len];
+                return Some(head.starts_with("http/1.1 200") && body == b"ok");
+            }
+        }
+        match s.read(&mut chunk) {
+            Ok(0) | Err(_) => return None,
+            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+        }
+    }
+}
+
+fn run_to_exit(dir: &Path) -> (Option<i32>, String) {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_distro-registry"))
+        .args(["--bind", "127.0.0.1:0", "--grpc-port", "0", "--data-dir"])
+        .arg(dir)
+        .output()
+        .unwrap();
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// A damaged store file stops the node with an error naming the file and
+/// how to start empty; it is left as it was.
+#[test]
+fn a_damaged_store_file_is_refused_by_name() {
+    let dir = TempDir::new("corrupt");
+    let file = dir.0.join("registry.redb");
+    let garbage: Vec<u8> = (0..100_000u32)
+        .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
+        .collect();
+    std::fs::write(&file, &garbage).unwrap();
+    let (code, err) = run_to_exit(&dir.0);
+    assert_eq!(code, Some(1), "{err}");
+    assert!(err.contains(&*file.to_string_lossy()), "{err}");
+    assert!(err.contains("move it away"), "{err}");
+    assert_eq!(std::fs::read(&file).unwrap(), garbage, "left untouched");
+
+    // A real store cut short.
+    std::fs::remove_file(&file).unwrap();
+    let n = start(dir.path(), &[]);
+    for i in 0..200 {
+        ok(
+            &n,
+            "POST",
+            &format!(
+                "{NS}/instance?serviceName=cut&ip=10.9.0.{}&port={}&ephemeral=false",
+                i % 250,
+                i + 1
+            ),
+        );
+    }
+    assert!(n.terminate().success());
+    let whole = std::fs::read(&file).unwrap();
+    std::fs::write(&file, &whole[..whole.len() / 3]).unwrap();
+    let (code, err) = run_to_exit(&dir.0);
+    assert_eq!(code, Some(1), "{err}");
+    assert!(err.contains(&*file.to_string_lossy()), "{err}");
+
+    // Moved away, as the message says: the node starts empty.
+    std::fs::rename(&file, dir.0.join("registry.redb.bad")).unwrap();
+    let n = start(dir.path(), &[]);
+    assert!(ips(&n, "cut").is_empty());
+}
+
+/// One node per data directory; `--data-dir none` keeps nothing; an empty
+/// `--data-dir` is refused.
+#[test]
+fn data_dir_none_keeps_nothing_and_a_directory_has_one_node() {
+    let dir = TempDir::new("one");
+    let n = start(dir.path(), &[]);
+    let (code, err) = run_to_exit(&dir.0);
+    assert_eq!(code, Some(1), "{err}");
+    assert!(err.contains("in use by another process"), "{err}");
+    drop(n);
+
+    let none = TempDir::new("none");
+    std::fs::remove_dir(&none.0).unwrap();
+    let n = Node::start(&["--data-dir", "none", "--grpc-port", "0"]);
+    ok(
+        &n,
+        "POST",
+        &format!("{NS}/instance?serviceName=mem&ip=10.2.0.1&port=1&ephemeral=false"),
+    );
+    kill9(n);
+    let n = Node::start(&["--data-dir", "none", "--grpc-port", "0"]);
+    assert!(ips(&n, "mem").is_empty());
+    assert!(!none.0.exists());
+
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_distro-registry"))
+        .args(["--bind", "127.0.0.1:0", "--data-dir", ""])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("data-dir"));
+}
