@@ -38,6 +38,14 @@ fn main() {
         .log_internal_errors(false)
         .init();
     disable_transparent_huge_pages();
+    // A store write past the file-size limit (RLIMIT_FSIZE) fails with
+    // EFBIG, handled like a full disk; by default its signal would kill
+    // the process.
+    // SAFETY: installs the ignore disposition for one signal; no handler
+    // code runs.
+    unsafe {
+        libc::signal(libc::SIGXFSZ, libc::SIG_IGN);
+    }
     // A panic on any thread leaves a core's data unreachable: take the
     // whole node down loudly instead of serving half of the registry.
     let default_hook = std::panic::take_hook();

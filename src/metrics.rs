@@ -477,3 +477,73 @@ pub fn render(shards: &[ShardStats], inboxes: &[InboxStats], open_connections: u
     );
     out
 }
+
+/// Appends the store's families (`--data-dir`); nothing with none.
+pub fn render_store(out: &mut String, disk: &crate::disk::DiskStats, instances: u64) {
+    let o = out;
+    let commits = disk.commits.load(Relaxed);
+    let rows: [(&str, &str, &str, f64); 7] = [
+        (
+            "registry_store_commits_total",
+            "counter",
+            "Store transactions committed and synced (one per group commit).",
+            commits as f64,
+        ),
+        (
+            "registry_store_rows_written_total",
+            "counter",
+            "Rows written or deleted in the store.",
+            disk.rows_written.load(Relaxed) as f64,
+        ),
+        (
+            "registry_store_errors_total",
+            "counter",
+            "Store commits that failed (full disk, I/O errors).",
+            disk.errors.load(Relaxed) as f64,
+        ),
+        (
+            "registry_store_dropped_total",
+            "counter",
+            "Batches of changes given up unsaved (store queue full, or failing too long).",
+            disk.dropped.load(Relaxed) as f64,
+        ),
+        (
+            "registry_store_failing",
+            "gauge",
+            "1 while the store cannot be written: persistent writes get 503.",
+            f64::from(u8::from(disk.failing.load(Relaxed))),
+        ),
+        (
+            "registry_store_file_bytes",
+            "gauge",
+            "Size of the store file.",
+            disk.file_bytes.load(Relaxed) as f64,
+        ),
+        (
+            "registry_store_bytes_per_instance",
+            "gauge",
+            "Store file size per registered instance (0 with no instances).",
+            if instances == 0 {
+                0.0
+            } else {
+                disk.file_bytes.load(Relaxed) as f64 / instances as f64
+            },
+        ),
+    ];
+    for (name, kind, help, v) in rows {
+        family(o, name, kind, help);
+        let _ = writeln!(o, "{name} {v}");
+    }
+    family(
+        o,
+        "registry_store_commit_seconds_mean",
+        "gauge",
+        "Mean time of a store commit (write and fsync), since start.",
+    );
+    let mean = if commits == 0 {
+        0.0
+    } else {
+        disk.commit_us.load(Relaxed) as f64 / commits as f64 / 1e6
+    };
+    let _ = writeln!(o, "registry_store_commit_seconds_mean {mean:.6}");
+}

@@ -41,6 +41,8 @@ struct Cluster {
     addrs: Vec<String>,
     nodes: Vec<Option<Node>>,
     extra: Vec<String>,
+    /// Each node's data directory is `data/node-i`; None: --data-dir none.
+    data: Option<std::path::PathBuf>,
 }
 
 impl Cluster {
@@ -54,6 +56,7 @@ impl Cluster {
             addrs,
             nodes: vec![None, None, None],
             extra: extra.iter().map(|s| s.to_string()).collect(),
+            data: None,
         };
         for &i in start {
             c.start(i);
@@ -72,6 +75,10 @@ impl Cluster {
         ];
         a.extend(FAST.iter().map(|s| s.to_string()));
         a.extend(self.extra.iter().cloned());
+        if let Some(d) = &self.data {
+            a.push("--data-dir".into());
+            a.push(d.join(format!("node-{i}")).to_string_lossy().into_owned());
+        }
         a
     }
 
@@ -819,4 +826,130 @@ fn a_cluster_token_mismatch_is_logged_and_shown_in_the_member_state() {
         .clone();
     assert_eq!(me["state"], "UP");
     assert_eq!(me["extendInfo"], serde_json::json!({}));
+}
+
+/// kill -9 of every node of the cluster, then all three started again
+/// (issue 12): each node lists every persistent instance and service field
+/// that was acknowledged, nothing deregistered comes back, and ephemeral
+/// instances are listed at once and kept while their clients beat.
+#[test]
+fn a_whole_cluster_killed_and_restarted_keeps_what_it_acknowledged() {
+    let data = std::env::temp_dir().join(format!("dr-cluster-restart-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&data);
+    let mut c = Cluster::new(&[], &[]);
+    c.data = Some(data.clone());
+    for i in 0..3 {
+        c.start(i);
+    }
+    for i in 0..3 {
+        c.wait_ready(i);
+    }
+    c.wait_up(3);
+    let services: Vec<String> = (0..6).map(|k| format!("keep-{k}")).collect();
+    for (k, s) in services.iter().enumerate() {
+        let via = c.node(k % 3);
+        for ip in ["10.8.0.1", "10.8.0.2"] {
+            assert_eq!(register(via, s, ip, "&ephemeral=false").status, 200);
+        }
+        assert_eq!(register(via, s, "10.8.1.1", "").status, 200);
+        assert_eq!(register(via, s, "10.8.1.2", "").status, 200);
+        let del = c.node((k + 2) % 3).req(
+            "DELETE",
+            &format!("/nacos/v1/ns/instance?serviceName={s}&ip=10.8.0.2&port=8080&ephemeral=false"),
+            "",
+        );
+        assert_eq!(del.status, 200, "{}", del.body);
+        let del = c.node((k + 2) % 3).req(
+            "DELETE",
+            &format!("/nacos/v1/ns/instance?serviceName={s}&ip=10.8.1.2&port=8080"),
+            "",
+        );
+        assert_eq!(del.status, 200, "{}", del.body);
+    }
+    let expected: BTreeSet<String> = ["10.8.0.1", "10.8.1.1"]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+    for s in &services {
+        for i in 0..3 {
+            assert!(
+                eventually(Duration::from_secs(5), || ips(c.node(i), s) == expected),
+                "{s} on node {i} before the restart: {:?}",
+                ips(c.node(i), s)
+            );
+        }
+    }
+    for (k, s) in services.iter().enumerate() {
+        let r = c.node((k + 1) % 3).req(
+            "PUT",
+            &format!(
+                "/nacos/v1/ns/service?serviceName={s}&protectThreshold=0.{k}&metadata=k%3D{k}"
+            ),
+            "",
+        );
+        assert_eq!(r.status, 200, "{}", r.body);
+    }
+    for (k, s) in services.iter().enumerate() {
+        for i in 0..3 {
+            assert!(eventually(Duration::from_secs(5), || {
+                let v = c
+                    .node(i)
+                    .json(&format!("/nacos/v1/ns/service?serviceName={s}"));
+                v["metadata"]["k"] == k.to_string()
+            }));
+        }
+    }
+    // Replicas and ephemeral changes are saved behind, within a tick.
+    std::thread::sleep(Duration::from_millis(500));
+    for i in 0..3 {
+        c.kill9(i);
+    }
+    for i in 0..3 {
+        c.start(i);
+    }
+    for i in 0..3 {
+        c.wait_ready(i);
+    }
+    for (k, s) in services.iter().enumerate() {
+        for i in 0..3 {
+            assert_eq!(
+                ips(c.node(i), s),
+                expected,
+                "{s} on node {i} after the restart"
+            );
+            let svc = c
+                .node(i)
+                .json(&format!("/nacos/v1/ns/service?serviceName={s}"));
+            assert_eq!(
+                svc["metadata"]["k"],
+                k.to_string(),
+                "{s} on node {i}: {svc}"
+            );
+        }
+    }
+    // The clients of the ephemeral instances go on beating (through any
+    // node) past the delete timeout (6 s): they stay.
+    let until = Instant::now() + Duration::from_secs(8);
+    let mut round = 0;
+    while Instant::now() < until {
+        for (k, s) in services.iter().enumerate() {
+            let beat = format!(
+                r#"{{"ip":"10.8.1.1","port":8080,"cluster":"DEFAULT","serviceName":"DEFAULT_GROUP@@{s}"}}"#
+            );
+            let body = format!("serviceName={s}&beat={}", form_encode(&beat));
+            let r = c
+                .node((k + round) % 3)
+                .req("PUT", "/nacos/v1/ns/instance/beat", &body);
+            assert_eq!(r.status, 200, "{}", r.body);
+        }
+        round += 1;
+        std::thread::sleep(Duration::from_millis(1000));
+    }
+    for s in &services {
+        for i in 0..3 {
+            assert_eq!(ips(c.node(i), s), expected, "{s} on node {i}, beaten");
+        }
+    }
+    drop(c);
+    let _ = std::fs::remove_dir_all(&data);
 }

@@ -365,3 +365,105 @@ fn data_dir_none_keeps_nothing_and_a_directory_has_one_node() {
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("data-dir"));
 }
+
+/// A full disk (here: the file-size limit, RLIMIT_FSIZE, which makes
+/// writes fail as a full disk does): persistent writes get 503 with the
+/// reason, ephemeral ones go on, nothing crashes; once there is room again
+/// the store catches up and persistent writes succeed.
+#[test]
+fn a_full_disk_refuses_persistent_writes_and_recovers() {
+    if std::process::Command::new("prlimit")
+        .arg("--version")
+        .output()
+        .is_err()
+    {
+        eprintln!("skipped: needs prlimit (util-linux)");
+        return;
+    }
+    let dir = TempDir::new("full");
+    let child = std::process::Command::new("prlimit")
+        .arg("--fsize=1000000:unlimited")
+        .arg(env!("CARGO_BIN_EXE_distro-registry"))
+        .args(["--bind", "127.0.0.1:0", "--grpc-port", "0", "--data-dir"])
+        .arg(&dir.0)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let n = Node::attach(child);
+    let pad = "x".repeat(300);
+    let mut refused = None;
+    for i in 0..20_000 {
+        let r = n.req(
+            "POST",
+            &format!(
+                "{NS}/instance?serviceName=big&ip=10.5.{}.{}&port=1&ephemeral=false&metadata=k%3D{pad}",
+                i / 250,
+                i % 250
+            ),
+            "",
+        );
+        if r.status != 200 {
+            refused = Some((i, r));
+            break;
+        }
+    }
+    let (at, r) = refused.expect("the 1 MB limit is reached");
+    assert_eq!(r.status, 503, "{}", r.body);
+    assert!(
+        r.body.contains("data directory cannot be written"),
+        "{}",
+        r.body
+    );
+    assert!(r.body.contains("File too large"), "{}", r.body);
+    assert_eq!(metric(&n, "registry_store_failing"), 1.0);
+    // Refused up front while failing, before anything changes.
+    let before = ips(&n, "big").len();
+    let r = n.req(
+        "POST",
+        &format!("{NS}/instance?serviceName=big&ip=10.6.0.1&port=1&ephemeral=false"),
+        "",
+    );
+    assert_eq!(r.status, 503);
+    assert_eq!(
+        ips(&n, "big").len(),
+        before,
+        "a refused write changes nothing"
+    );
+    ok(
+        &n,
+        "POST",
+        &format!("{NS}/instance?serviceName=eph&ip=10.6.0.2&port=1"),
+    );
+    assert_eq!(ips(&n, "eph"), set(&["10.6.0.2"]));
+    assert_eq!(n.get("/nacos/v1/console/health/liveness").status, 200);
+
+    // Room again.
+    let pid = n.child.id().to_string();
+    let raised = std::process::Command::new("prlimit")
+        .args(["--pid", &pid, "--fsize=unlimited:unlimited"])
+        .status()
+        .unwrap();
+    assert!(raised.success());
+    assert!(
+        eventually(Duration::from_secs(10), || metric(
+            &n,
+            "registry_store_failing"
+        ) == 0.0),
+        "the store recovers"
+    );
+    ok(
+        &n,
+        "POST",
+        &format!("{NS}/instance?serviceName=big&ip=10.6.0.3&port=1&ephemeral=false"),
+    );
+    kill9(n);
+    let n = start(dir.path(), &[]);
+    let back = ips(&n, "big");
+    assert!(back.len() >= at, "{} of {at} acknowledged", back.len());
+    assert!(back.contains("10.6.0.3"));
+    assert!(
+        !back.contains("10.6.0.1"),
+        "refused up front, never applied"
+    );
+}

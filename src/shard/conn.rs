@@ -264,10 +264,17 @@ async fn dispatch(
                 })
                 .collect();
             let open = ctx.shared.open_connections.load(Ordering::Relaxed);
-            let mut r = Reply::text(
-                200,
-                crate::metrics::render(&ctx.shared.stats, &inboxes, open),
-            );
+            let mut page = crate::metrics::render(&ctx.shared.stats, &inboxes, open);
+            if let Some(d) = &ctx.shared.disk {
+                let instances = ctx
+                    .shared
+                    .stats
+                    .iter()
+                    .map(|s| s.instances.load(Ordering::Relaxed))
+                    .sum();
+                crate::metrics::render_store(&mut page, &d.stats, instances);
+            }
+            let mut r = Reply::text(200, page);
             r.kind = crate::reply::Body::Metrics;
             r
         }
