@@ -895,7 +895,7 @@ fn a_whole_cluster_killed_and_restarted_keeps_what_it_acknowledged() {
                 let v = c
                     .node(i)
                     .json(&format!("/nacos/v1/ns/service?serviceName={s}"));
-                v["metadata"]["k"] == k.to_string()
+                v["metadata"]["k"].as_str() == Some(k.to_string().as_str())
             }));
         }
     }
