@@ -18,7 +18,7 @@ use crossbeam_channel::{Receiver, RecvTimeoutError, Sender, TrySendError};
 use futures_channel::oneshot;
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 
-use crate::store::journal::{Changes, SavedService};
+use crate::store::journal::{Changes, RowSink, SavedService};
 
 /// The store file in the data directory.
 pub const STORE_FILE: &str = "registry.redb";
@@ -47,9 +47,6 @@ pub const RETRY_MS: u64 = 1_000;
 const STOP_TRIES_MAX: u32 = 3;
 /// Page cache redb may keep (its default is 1 GiB).
 const CACHE_BYTES: usize = 32 * 1024 * 1024;
-/// A restarted node's clock starts this far past the last commit's wall
-/// time, covering versions issued after it and lost in a crash.
-pub const CLOCK_RESTART_MARGIN_MS: u64 = 1_000;
 /// Services queued per shard while the store is read back.
 pub const RESTORE_QUEUE_SERVICES: usize = 256;
 
@@ -258,11 +255,10 @@ pub fn open(dir: &Path) -> Result<Opened, DiskError> {
         }
     }
     txn.commit().map_err(|e| bad(e.into()))?;
-    let margin = crate::distro::hlc::pack(wall + CLOCK_RESTART_MARGIN_MS, 0);
     Ok(Opened {
         file,
         db,
-        clock: if wall == 0 { clock } else { clock.max(margin) },
+        clock: crate::store::journal::resume_clock(clock, wall),
     })
 }
 
@@ -459,62 +455,65 @@ fn fail(stats: &DiskStats, pending: &mut [Job], why: &str) {
     }
 }
 
+/// The store file's tables as a `RowSink`.
+struct Tables<'t> {
+    instances: redb::Table<'t, (&'static str, &'static str), &'static [u8]>,
+    services: redb::Table<'t, &'static str, &'static [u8]>,
+}
+
+impl RowSink for Tables<'_> {
+    type Error = redb::Error;
+    fn put_service(&mut self, key: &str, row: &[u8]) -> Result<(), Self::Error> {
+        self.services.insert(key, row)?;
+        Ok(())
+    }
+    fn delete_service(&mut self, key: &str) -> Result<(), Self::Error> {
+        self.services.remove(key)?;
+        Ok(())
+    }
+    fn put_instance(&mut self, svc: &str, inst: &str, row: &[u8]) -> Result<(), Self::Error> {
+        self.instances.insert((svc, inst), row)?;
+        Ok(())
+    }
+    fn delete_instance(&mut self, svc: &str, inst: &str) -> Result<(), Self::Error> {
+        self.instances.remove((svc, inst))?;
+        Ok(())
+    }
+    fn clear_instances(&mut self, svc: &str) -> Result<(), Self::Error> {
+        let doomed: Vec<String> = self
+            .instances
+            .range((svc, "")..)?
+            .map_while(|e| {
+                e.ok().and_then(|(k, _)| {
+                    let (s, i) = k.value();
+                    (s == svc).then(|| i.to_string())
+                })
+            })
+            .collect();
+        for i in &doomed {
+            self.instances.remove((svc, i.as_str()))?;
+        }
+        Ok(())
+    }
+}
+
 /// Writes every job's rows in one transaction and syncs it. Returns the
 /// rows written.
 fn commit(db: &Database, jobs: &[Job]) -> Result<usize, redb::Error> {
     let txn = db.begin_write()?;
     let mut rows = 0;
     {
-        let mut instances = txn.open_table(INSTANCES)?;
-        let mut services = txn.open_table(SERVICES)?;
+        let mut tables = Tables {
+            instances: txn.open_table(INSTANCES)?,
+            services: txn.open_table(SERVICES)?,
+        };
         let mut meta = txn.open_table(META)?;
-        let mut buf = Vec::with_capacity(256);
         let mut clock = meta.get("clock")?.map(|v| v.value()).unwrap_or(0);
         let mut wall = 0;
         for job in jobs {
             clock = clock.max(job.changes.clock);
             wall = wall.max(job.wall_ms);
-            for sc in &job.changes.services {
-                let key = sc.key.as_str();
-                if sc.clear {
-                    let doomed: Vec<String> = instances
-                        .range((key, "")..)?
-                        .map_while(|e| {
-                            e.ok().and_then(|(k, _)| {
-                                let (s, i) = k.value();
-                                (s == key).then(|| i.to_string())
-                            })
-                        })
-                        .collect();
-                    for i in &doomed {
-                        instances.remove((key, i.as_str()))?;
-                    }
-                }
-                match &sc.row {
-                    Some(Some(row)) => {
-                        buf.clear();
-                        serde_json::to_writer(&mut buf, row).expect("a row serializes");
-                        services.insert(key, buf.as_slice())?;
-                    }
-                    Some(None) => {
-                        services.remove(key)?;
-                    }
-                    None => {}
-                }
-                for (inst, row) in &sc.instances {
-                    match row {
-                        Some(r) => {
-                            buf.clear();
-                            r.encode(inst, &mut buf);
-                            instances.insert((key, &**inst), buf.as_slice())?;
-                        }
-                        None => {
-                            instances.remove((key, &**inst))?;
-                        }
-                    }
-                }
-                rows += sc.instances.len() + usize::from(sc.row.is_some());
-            }
+            rows += job.changes.write_to(&mut tables)?;
         }
         meta.insert("clock", clock)?;
         if wall > 0 {

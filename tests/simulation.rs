@@ -2,8 +2,9 @@
 //! 3 to 5 nodes' protocol state machines (`Store`, `Membership`, `TaskMap`,
 //! the verify comparison, the startup decision) in one thread, in virtual
 //! time, over a simulated network that delays, drops, duplicates and
-//! reorders messages and cuts links; nodes crash (losing everything) and
-//! restart; clocks are skewed; clients register, beat every 5 s to any
+//! reorders messages and cuts links; nodes crash and restart, either
+//! with their disk (the rows their store saved: persistent changes before
+//! they were acknowledged, the rest every `SAVE_BEHIND_STEPS`) or empty; clocks are skewed; clients register, beat every 5 s to any
 //! ready node, deregister and stop beating; gRPC clients (connection-bound
 //! instances) connect to one node, publish, deregister, close, and when
 //! their node crashes either reconnect elsewhere or die with it. One seeded PRNG decides
@@ -31,10 +32,14 @@ use distro_registry::distro::tasks::{TaskConfig, TaskMap};
 use distro_registry::distro::verify::keys_to_fetch;
 use distro_registry::store::datum::Datum;
 use distro_registry::store::instance::{InstanceAddr, InstanceSpec, Lease, LeasePolicy, Timeouts};
+use distro_registry::store::journal::{self, MemoryRows};
 use distro_registry::store::service::ServiceId;
 use distro_registry::store::{BeatInfo, Op, Store};
 
 const STEP_MS: u64 = 100;
+/// Ephemeral changes are saved every this many steps (the node's tick
+/// saves them behind; a crash loses what came since).
+const SAVE_BEHIND_STEPS: u64 = 2;
 const REPORT_MS: u64 = 2_000;
 const VERIFY_MS: u64 = 5_000;
 const BEAT_MS: u64 = 5_000;
@@ -104,6 +109,8 @@ struct Node {
     holders: HolderWatch,
     /// Serials of the gRPC connections accepted in this incarnation.
     serial: u64,
+    /// What its store saved (survives a crash when the disk does).
+    disk: MemoryRows,
 }
 
 impl Node {
@@ -127,7 +134,61 @@ impl Node {
             bugs: Bugs::default(),
             holders: HolderWatch::default(),
             serial: 0,
+            disk: MemoryRows::default(),
         }
+    }
+
+    /// A fresh node that reads `disk` back before anything else, as a
+    /// restarted node does (`shard::restore_store`).
+    fn from_disk(
+        addr: &str,
+        all: &[String],
+        writer: u32,
+        skew: i64,
+        now: u64,
+        disk: MemoryRows,
+        bugs: Bugs,
+    ) -> Node {
+        let mut n = Node::fresh(addr, all, writer, skew, now);
+        n.bugs = bugs;
+        let wall = n.clock(now);
+        for saved in disk.saved() {
+            let d = saved.into_datum().expect("the simulation's rows decode");
+            n.store.restore(d, wall, false);
+        }
+        n.store
+            .observe_saved_clock(journal::resume_clock(disk.clock, disk.wall_ms), wall);
+        if !bugs.no_hold_back {
+            n.store.hold_back_restored(wall);
+        }
+        n.store.enable_journal();
+        n.disk = disk;
+        n
+    }
+
+    /// Saves what the store changed (`durable_only`: only when it holds a
+    /// change to persistent data, which is saved before its answer).
+    fn save(&mut self, t: u64, durable_only: bool) {
+        if durable_only && !self.store.journal_durable() {
+            return;
+        }
+        let wall = self.clock(t);
+        if let Some(c) = self.store.take_changes() {
+            self.disk.save(&c, wall);
+        }
+    }
+
+    /// The version of `inst` in service `key` as saved, tombstones included.
+    fn saved_version(
+        &self,
+        key: &str,
+        inst: &str,
+    ) -> Option<distro_registry::distro::hlc::Version> {
+        let row = self
+            .disk
+            .instances
+            .get(&(key.to_string(), inst.to_string()))?;
+        journal::decode_instance(inst, row).ok().map(|r| r.version)
     }
 
     /// A new connection's lease: this node, this incarnation.
@@ -230,6 +291,11 @@ impl Node {
             let others = self.others();
             self.tasks.mark(&key, &others, now);
         }
+        // A persistent change is saved before it is answered. (Saving it
+        // behind instead is lost only by a crash within a save interval,
+        // before replication: too rare here; tests/durability.rs's kill -9
+        // test catches it.)
+        self.save(t, true);
         applied.reply
     }
 
@@ -325,11 +391,16 @@ struct Bugs {
     /// A retirement gets a fresh version (the retiring node's clock) instead
     /// of `Version::retired`, so it can outrank a re-register elsewhere.
     retire_with_new_version: bool,
+    /// A restarted node merges everything it restored, confirmed or not.
+    no_hold_back: bool,
 }
 
 struct Sim {
     seed: u64,
     rng: fastrand::Rng,
+    /// Whether a crashed node keeps its disk: a stream of its own, so that
+    /// a seed's other faults and clients are as they were before disks.
+    disk_rng: fastrand::Rng,
     t: u64,
     nodes: Vec<Node>,
     all: Vec<String>,
@@ -361,6 +432,7 @@ impl Sim {
                 let idx = sorted.iter().position(|s| s == a).unwrap() as u32;
                 let skew = rng.i64(-faults.skew_ms..=faults.skew_ms);
                 let mut node = Node::fresh(a, &all, idx << SHARD_BITS, skew, 0);
+                node.store.enable_journal();
                 node.ready = true;
                 node
             })
@@ -386,6 +458,7 @@ impl Sim {
         Sim {
             seed,
             rng,
+            disk_rng: fastrand::Rng::with_seed(seed ^ 0xd15c),
             t: 0,
             nodes,
             all,
@@ -838,9 +911,11 @@ impl Sim {
         }
     }
 
-    /// Node `i` loses everything. Writes only it had are gone: their
-    /// clients are marked `lost`.
+    /// Node `i` crashes: it loses its memory, and its disk unless
+    /// `keep_disk`. Writes only it had, and not on a disk it keeps, are
+    /// gone: their clients are marked `lost`.
     fn crash(&mut self, i: usize) {
+        let keep_disk = self.disk_rng.bool();
         for c in 0..self.clients.len() {
             if let Some(conn) = self.clients[c].grpc.clone() {
                 // Its connection broke: a registered client reconnects
@@ -873,16 +948,30 @@ impl Sim {
             let Some(mine) = version(&self.nodes[i]) else {
                 continue;
             };
-            let elsewhere = (0..self.nodes.len())
-                .filter(|&j| j != i && self.nodes[j].up)
-                .any(|j| version(&self.nodes[j]).is_some_and(|v| v >= mine));
+            // An acknowledged persistent write is on a disk that survives,
+            // by contract; an ephemeral one only once saved behind.
+            let saved = keep_disk
+                && (self.clients[c].persistent
+                    || self.nodes[i]
+                        .saved_version(&key, &inst)
+                        .is_some_and(|v| v >= mine));
+            let elsewhere = saved
+                || (0..self.nodes.len())
+                    .filter(|&j| j != i && self.nodes[j].up)
+                    .any(|j| version(&self.nodes[j]).is_some_and(|v| v >= mine));
             if !elsewhere && !self.clients[c].lost {
                 self.clients[c].lost = true;
                 self.log(format!("client {c}'s last write died with node {i}"));
             }
         }
         self.nodes[i].up = false;
-        self.log(format!("node {i} crashed"));
+        if !keep_disk {
+            self.nodes[i].disk = MemoryRows::default();
+        }
+        self.log(format!(
+            "node {i} crashed ({})",
+            if keep_disk { "disk kept" } else { "disk lost" }
+        ));
     }
 
     fn restart(&mut self, i: usize) {
@@ -890,9 +979,21 @@ impl Sim {
         let mut sorted = self.all.clone();
         sorted.sort();
         let idx = sorted.iter().position(|s| *s == addr).unwrap() as u32;
-        self.nodes[i] = Node::fresh(&addr, &self.all, idx << SHARD_BITS, skew, self.t);
+        let disk = std::mem::take(&mut self.nodes[i].disk);
+        let rows = disk.instances.len();
+        self.nodes[i] = Node::from_disk(
+            &addr,
+            &self.all,
+            idx << SHARD_BITS,
+            skew,
+            self.t,
+            disk,
+            self.bugs,
+        );
         self.nodes[i].bugs = self.bugs;
-        self.log(format!("node {i} restarted empty"));
+        self.log(format!(
+            "node {i} restarted with {rows} saved instance rows"
+        ));
     }
 
     /// A starting node's snapshot load (SPEC 4.6).
@@ -917,7 +1018,17 @@ impl Sim {
             }
         }
         let waited = self.t - self.nodes[i].started;
-        if startup::decide(&answers, waited) != Decision::Retry {
+        let decision = startup::decide(&answers, waited);
+        if decision != Decision::Retry {
+            let now = self.nodes[i].clock(self.t);
+            let dropped = self.nodes[i]
+                .store
+                .settle_restored(decision == Decision::Loaded, now);
+            if dropped > 0 {
+                self.log(format!(
+                    "node {i} dropped {dropped} unconfirmed restored instances"
+                ));
+            }
             self.nodes[i].ready = true;
             self.log(format!(
                 "node {i} ready ({:?})",
@@ -930,6 +1041,9 @@ impl Sim {
         for i in 0..self.nodes.len() {
             if !self.nodes[i].up {
                 continue;
+            }
+            if (self.t / STEP_MS).is_multiple_of(SAVE_BEHIND_STEPS) {
+                self.nodes[i].save(self.t, false);
             }
             if !self.nodes[i].ready {
                 if (self.t - self.nodes[i].started).is_multiple_of(1_000) {
@@ -1265,6 +1379,15 @@ fn the_simulation_catches_a_retirement_that_outranks_a_reconnect() {
         ..Bugs::default()
     };
     assert_caught("retirement with a new version", fresh);
+}
+
+#[test]
+fn the_simulation_catches_restored_records_merged_unconfirmed() {
+    let bugs = Bugs {
+        no_hold_back: true,
+        ..Bugs::default()
+    };
+    assert_caught("restored records merged unconfirmed", bugs);
 }
 
 #[test]

@@ -70,7 +70,20 @@ async fn load_part(ctx: Rc<ShardCtx>) {
         .filter(|a| **a != shared.me)
         .cloned()
         .collect();
-    let settle = |how: &str| {
+    let settle = |how: &str, served: bool| {
+        let dropped = ctx
+            .state
+            .borrow_mut()
+            .store
+            .settle_restored(served, crate::shard::now_ms());
+        if dropped > 0 {
+            tracing::warn!(
+                shard = ctx.id,
+                dropped,
+                "restored instances no peer holds any more (deleted while this node was down) \
+                 dropped"
+            );
+        }
         if shared.part_settled(parts) {
             tracing::info!(
                 shard = ctx.id,
@@ -126,16 +139,16 @@ async fn load_part(ctx: Rc<ShardCtx>) {
             }
         }
         match startup::decide(&answers, started.elapsed().as_millis() as u64) {
-            Decision::Loaded => return settle("loaded"),
+            Decision::Loaded => return settle("loaded", true),
             Decision::StartingTogether => {
-                return settle("every peer that answered is starting too")
+                return settle("every peer that answered is starting too", false)
             }
             Decision::Alone => {
                 tracing::warn!(
                     shard = ctx.id,
                     "no peer served a snapshot for {STARTUP_ALONE_MS} ms"
                 );
-                return settle("alone");
+                return settle("alone", false);
             }
             Decision::Retry => {}
         }

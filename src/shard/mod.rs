@@ -591,7 +591,7 @@ fn restore_store(ctx: &ShardCtx, r: Restore) {
     for saved in r.services.iter() {
         match saved.into_datum() {
             Ok(d) => {
-                st.store.restore(d, now);
+                st.store.restore(d, now, ctx.cluster.is_none());
             }
             Err(e) => {
                 let file = match &ctx.shared.config.data_dir {
@@ -605,6 +605,16 @@ fn restore_store(ctx: &ShardCtx, r: Restore) {
                 );
                 std::process::exit(1);
             }
+        }
+    }
+    if ctx.cluster.is_some() {
+        let held = st.store.hold_back_restored(now);
+        if held > 0 {
+            tracing::info!(
+                shard = ctx.id,
+                held,
+                "restored instances older than the tombstone horizon wait for the startup snapshot"
+            );
         }
     }
     st.store.observe_saved_clock(r.clock, now);

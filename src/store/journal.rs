@@ -185,6 +185,138 @@ impl Changes {
     }
 }
 
+/// Where rows are written: the store file's tables, or a map in memory
+/// (the simulation's disk, tests).
+pub trait RowSink {
+    type Error;
+    fn put_service(&mut self, key: &str, row: &[u8]) -> Result<(), Self::Error>;
+    fn delete_service(&mut self, key: &str) -> Result<(), Self::Error>;
+    fn put_instance(&mut self, svc: &str, inst: &str, row: &[u8]) -> Result<(), Self::Error>;
+    fn delete_instance(&mut self, svc: &str, inst: &str) -> Result<(), Self::Error>;
+    /// Deletes every instance row of `svc`.
+    fn clear_instances(&mut self, svc: &str) -> Result<(), Self::Error>;
+}
+
+impl Changes {
+    /// Writes the rows to `sink`, in order. Returns the rows written.
+    pub fn write_to<S: RowSink>(&self, sink: &mut S) -> Result<usize, S::Error> {
+        let mut buf = Vec::with_capacity(256);
+        for sc in &self.services {
+            let key = sc.key.as_str();
+            if sc.clear {
+                sink.clear_instances(key)?;
+            }
+            match &sc.row {
+                Some(Some(row)) => {
+                    buf.clear();
+                    serde_json::to_writer(&mut buf, row).expect("a row serializes");
+                    sink.put_service(key, &buf)?;
+                }
+                Some(None) => sink.delete_service(key)?,
+                None => {}
+            }
+            for (inst, row) in &sc.instances {
+                match row {
+                    Some(r) => {
+                        buf.clear();
+                        r.encode(inst, &mut buf);
+                        sink.put_instance(key, inst, &buf)?;
+                    }
+                    None => sink.delete_instance(key, inst)?,
+                }
+            }
+        }
+        Ok(self.rows())
+    }
+}
+
+/// A restarted node's clock starts this far past the wall time of its
+/// last save, covering versions issued after it and lost in a crash.
+pub const CLOCK_RESTART_MARGIN_MS: u64 = 1_000;
+
+/// The clock a restarted node resumes from: above the highest version it
+/// saved and past its last save's wall time by `CLOCK_RESTART_MARGIN_MS`.
+pub fn resume_clock(saved_clock: u64, saved_wall_ms: u64) -> u64 {
+    if saved_wall_ms == 0 {
+        return saved_clock;
+    }
+    saved_clock.max(crate::distro::hlc::pack(
+        saved_wall_ms + CLOCK_RESTART_MARGIN_MS,
+        0,
+    ))
+}
+
+/// Rows in memory, sorted as the store file sorts them.
+#[derive(Debug, Default, Clone)]
+pub struct MemoryRows {
+    pub services: std::collections::BTreeMap<String, Vec<u8>>,
+    pub instances: std::collections::BTreeMap<(String, String), Vec<u8>>,
+    /// The highest clock and the latest wall time saved.
+    pub clock: u64,
+    pub wall_ms: u64,
+}
+
+impl RowSink for MemoryRows {
+    type Error = std::convert::Infallible;
+    fn put_service(&mut self, key: &str, row: &[u8]) -> Result<(), Self::Error> {
+        self.services.insert(key.to_string(), row.to_vec());
+        Ok(())
+    }
+    fn delete_service(&mut self, key: &str) -> Result<(), Self::Error> {
+        self.services.remove(key);
+        Ok(())
+    }
+    fn put_instance(&mut self, svc: &str, inst: &str, row: &[u8]) -> Result<(), Self::Error> {
+        self.instances
+            .insert((svc.to_string(), inst.to_string()), row.to_vec());
+        Ok(())
+    }
+    fn delete_instance(&mut self, svc: &str, inst: &str) -> Result<(), Self::Error> {
+        self.instances.remove(&(svc.to_string(), inst.to_string()));
+        Ok(())
+    }
+    fn clear_instances(&mut self, svc: &str) -> Result<(), Self::Error> {
+        self.instances.retain(|(s, _), _| s != svc);
+        Ok(())
+    }
+}
+
+impl MemoryRows {
+    /// Saves `changes` taken at wall time `wall_ms`.
+    pub fn save(&mut self, changes: &Changes, wall_ms: u64) {
+        let Ok(_) = changes.write_to(self);
+        self.clock = self.clock.max(changes.clock);
+        self.wall_ms = self.wall_ms.max(wall_ms);
+    }
+
+    /// Every saved service, as `disk::Opened::load` hands them out.
+    pub fn saved(&self) -> Vec<SavedService> {
+        let mut out: std::collections::BTreeMap<String, SavedService> = self
+            .services
+            .iter()
+            .map(|(k, v)| {
+                let s = SavedService {
+                    key: k.clone(),
+                    row: Some(v.clone()),
+                    instances: Vec::new(),
+                };
+                (k.clone(), s)
+            })
+            .collect();
+        for ((svc, inst), v) in &self.instances {
+            out.entry(svc.clone())
+                .or_insert_with(|| SavedService {
+                    key: svc.clone(),
+                    row: None,
+                    instances: Vec::new(),
+                })
+                .instances
+                .push((inst.clone(), v.clone()));
+        }
+        out.into_values().collect()
+    }
+}
+
 /// The service id of a full key `namespace##group@@name`.
 pub fn service_id_of_key(key: &str) -> Option<ServiceId> {
     let (ns, rest) = key.split_once("##")?;
@@ -271,7 +403,87 @@ fn default_fields() -> FieldsRecord {
     }
 }
 
+/// Restored records older than the tombstone horizon that a clustered
+/// node's peers have not shown it yet. A record this old may have been
+/// deleted elsewhere while the node was down, its tombstone purged since:
+/// merged in as it is, it would come back. Records the startup snapshot
+/// (or any peer's datum) holds, live or deleted, are confirmed and merged
+/// by version; the rest are dropped once a snapshot was served, kept when
+/// no peer served one (the whole cluster restarting: every node has them).
+#[derive(Debug, Default)]
+pub struct Unconfirmed {
+    keys: super::Map<Rc<str>, super::Map<Arc<str>, Version>>,
+}
+
+impl Unconfirmed {
+    pub(crate) fn seen(&mut self, svc: &str, inst: &str) {
+        if let Some(m) = self.keys.get_mut(svc) {
+            m.remove(inst);
+            if m.is_empty() {
+                self.keys.remove(svc);
+            }
+        }
+    }
+}
+
+/// Restored records this much younger than the tombstone TTL are also
+/// held back until confirmed (clock skew between nodes, a verify round).
+pub const UNCONFIRMED_MARGIN_MS: u64 = 10_000;
+
 impl Store {
+    /// For a clustered node that restored its store: holds back every
+    /// restored instance older than the tombstone horizon until its peers
+    /// confirm it (`Unconfirmed`). Returns how many are held back.
+    pub fn hold_back_restored(&mut self, now_ms: u64) -> usize {
+        let horizon =
+            now_ms.saturating_sub(self.tombstone_ttl_ms.saturating_sub(UNCONFIRMED_MARGIN_MS));
+        let mut u = Unconfirmed::default();
+        let mut n = 0;
+        for s in self.services.values() {
+            let old: super::Map<Arc<str>, Version> = s
+                .instances
+                .values()
+                .filter(|i| crate::distro::hlc::physical_ms(i.version.hlc) < horizon)
+                .map(|i| (i.key.clone(), i.version))
+                .collect();
+            if !old.is_empty() {
+                n += old.len();
+                u.keys.insert(s.key.clone(), old);
+            }
+        }
+        self.unconfirmed = Some(u);
+        n
+    }
+
+    /// The startup snapshot is settled: with `served` (a peer served one),
+    /// the held-back records it did not confirm are forgotten, silently
+    /// (no tombstone: the deletion they missed is everyone's already).
+    /// Returns how many went.
+    pub fn settle_restored(&mut self, served: bool, now_ms: u64) -> usize {
+        let Some(u) = self.unconfirmed.take() else {
+            return 0;
+        };
+        if !served {
+            return 0;
+        }
+        let mut dropped = 0;
+        for (svc_key, keys) in u.keys {
+            let Some(s) = self.services.get_mut(&svc_key) else {
+                continue;
+            };
+            for (k, v) in keys {
+                if s.instances.get(&k).is_some_and(|i| i.version == v) {
+                    s.instances.remove(&k);
+                    note(&mut self.journal, &svc_key, Some(&k));
+                    dropped += 1;
+                }
+            }
+            s.touch(now_ms);
+        }
+        self.instances -= dropped;
+        dropped
+    }
+
     /// From now on, changes are noted for saving.
     pub fn enable_journal(&mut self) {
         if self.journal.is_none() {
@@ -424,14 +636,22 @@ impl Store {
         }
     }
 
-    /// Takes in a service read back from the store at start. Records bound
-    /// to a gRPC connection come back unbound: the connection did not
-    /// survive the restart, the instance gets a full timeout like any
-    /// other (its client re-registers when it reconnects). Call before
+    /// Takes in a service read back from the store at start, as a merge:
+    /// restored instances count as heard from now (a full timeout). With
+    /// `unbind`, records bound to a gRPC connection come back unbound: on
+    /// a standalone node that connection did not survive the restart, and
+    /// the instance lives like any other until its client registers it
+    /// again on reconnecting. A clustered node keeps the leases: the lease
+    /// policy retires its own earlier incarnation's records as every peer
+    /// does, and another holder's records stay bound as they are
+    /// everywhere (an unbound copy would expire while its connection
+    /// lives elsewhere; found by the simulation). Call before
     /// `enable_journal`: what is restored is on disk already.
-    pub fn restore(&mut self, mut d: Datum, now_ms: u64) -> bool {
-        for r in &mut d.instances {
-            r.lease = None;
+    pub fn restore(&mut self, mut d: Datum, now_ms: u64, unbind: bool) -> bool {
+        if unbind {
+            for r in &mut d.instances {
+                r.lease = None;
+            }
         }
         self.merge(d, now_ms)
     }

@@ -237,6 +237,9 @@ pub struct Store {
     reasserted: Vec<String>,
     /// Keys changed since the last save; None when nothing is saved.
     journal: Option<journal::Journal>,
+    /// Restored records a clustered node waits to see confirmed by its
+    /// startup snapshot (`journal::Unconfirmed`).
+    unconfirmed: Option<journal::Unconfirmed>,
 }
 
 /// The 404 of an instance detail.
@@ -278,6 +281,7 @@ impl Store {
             lease_policy: None,
             reasserted: Vec::new(),
             journal: None,
+            unconfirmed: None,
         }
     }
 

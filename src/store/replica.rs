@@ -159,6 +159,7 @@ impl Store {
             lease_policy,
             reasserted,
             journal,
+            unconfirmed,
             ..
         } = self;
         let s = services.get_mut(key).expect("created above");
@@ -175,6 +176,9 @@ impl Store {
         }
         let mut reassert = false;
         for mut r in d.instances {
+            if let Some(u) = unconfirmed.as_mut() {
+                u.seen(&svc_key, &r.key);
+            }
             // A record bound to a connection whose holder is gone arrives
             // as its retirement.
             if let (Some(l), Some(p)) = (&r.lease, lease_policy.as_ref()) {

@@ -1066,3 +1066,187 @@ fn room_goes_when_instances_and_tombstones_do() {
         s.purges.capacity()
     );
 }
+
+fn reg(s: &mut Store, name: &str, spec: InstanceSpec, now: u64) {
+    s.apply(
+        Op::Register {
+            svc: svc(name),
+            spec,
+        },
+        now,
+    );
+}
+
+/// A store that read `rows` back (`unbind`: as a standalone node does).
+fn restored(rows: &journal::MemoryRows, now: u64, unbind: bool) -> Store {
+    let mut s = store();
+    for saved in rows.saved() {
+        s.restore(saved.into_datum().unwrap(), now, unbind);
+    }
+    s
+}
+
+/// A store restarted from `rows`, as a standalone node is.
+fn restarted(rows: &journal::MemoryRows, now: u64) -> Store {
+    let mut s = restored(rows, now, true);
+    s.observe_saved_clock(journal::resume_clock(rows.clock, rows.wall_ms), now);
+    s.enable_journal();
+    s
+}
+
+fn save(s: &mut Store, rows: &mut journal::MemoryRows, now: u64) -> Option<journal::Changes> {
+    let c = s.take_changes()?;
+    rows.save(&c, now);
+    Some(c)
+}
+
+#[test]
+fn the_journal_saves_each_record_once_in_its_latest_state() {
+    let mut s = store();
+    s.enable_journal();
+    let mut rows = journal::MemoryRows::default();
+    for port in [1, 1, 1, 2] {
+        reg(&mut s, "a", spec("10.0.0.1", port, &[]), 1_000);
+    }
+    assert!(!s.journal_durable(), "ephemeral changes are saved behind");
+    let c = save(&mut s, &mut rows, 1_000).unwrap();
+    assert_eq!(c.services.len(), 1);
+    assert_eq!(c.services[0].instances.len(), 2, "one row per instance");
+    assert!(c.services[0].row.is_some(), "the new service's own row");
+    assert!(s.take_changes().is_none(), "nothing left");
+    // A persistent write asks for a synced save.
+    let mut p = spec("10.0.0.9", 1, &[]);
+    p.ephemeral = false;
+    reg(&mut s, "a", p, 1_001);
+    assert!(s.journal_durable());
+    save(&mut s, &mut rows, 1_001);
+    assert!(!s.journal_durable());
+    // A deregister saves a tombstone; its purge deletes the row.
+    s.apply(
+        Op::Deregister {
+            svc: svc("a"),
+            addr: addr("10.0.0.1", 2),
+        },
+        1_002,
+    );
+    save(&mut s, &mut rows, 1_002);
+    assert_eq!(rows.instances.len(), 3);
+    let later = 1_002 + TOMBSTONE_VERIFY_ROUNDS_MS + Timeouts::default().delete_timeout_ms;
+    s.expire(later, &mut Vec::new());
+    save(&mut s, &mut rows, later);
+    assert!(
+        !rows
+            .instances
+            .keys()
+            .any(|(_, k)| k.starts_with("10.0.0.1#2#")),
+        "purged"
+    );
+}
+
+#[test]
+fn a_restart_from_saved_rows_brings_back_what_was_saved() {
+    let mut s = store();
+    s.enable_journal();
+    let mut rows = journal::MemoryRows::default();
+    let mut p = spec("10.0.0.9", 1, &[("k", "v")]);
+    p.ephemeral = false;
+    reg(&mut s, "a", p, 1_000);
+    reg(&mut s, "a", spec("10.0.0.1", 1, &[]), 1_000);
+    reg(&mut s, "a", spec("10.0.0.2", 1, &[]), 1_000);
+    s.apply(
+        Op::Deregister {
+            svc: svc("a"),
+            addr: addr("10.0.0.2", 1),
+        },
+        1_000,
+    );
+    let change = ServiceChange {
+        protect_threshold: Some(0.5),
+        ..Default::default()
+    };
+    s.apply(
+        Op::CreateService {
+            svc: svc("b"),
+            change,
+        },
+        1_000,
+    );
+    s.apply(
+        Op::CreateService {
+            svc: svc("c"),
+            change: ServiceChange::default(),
+        },
+        1_000,
+    );
+    s.apply(Op::DeleteService { svc: svc("c") }, 1_000);
+    save(&mut s, &mut rows, 1_000);
+    // An unsaved change is lost with the process.
+    reg(&mut s, "a", spec("10.0.0.3", 1, &[]), 1_000);
+    let before = s.datum(svc("a").full_key()).unwrap();
+
+    let mut r = restarted(&rows, 50_000);
+    assert_eq!(ips(&mut r, "a", 50_000), vec!["10.0.0.1", "10.0.0.9"]);
+    let d = r.datum(svc("a").full_key()).unwrap();
+    let old: Vec<_> = before
+        .instances
+        .iter()
+        .filter(|i| !i.ip.ends_with(".3"))
+        .collect();
+    assert_eq!(
+        d.instances.iter().collect::<Vec<_>>(),
+        old,
+        "versions and tombstones too"
+    );
+    assert_eq!(
+        r.service(svc("b").full_key()).unwrap().protect_threshold,
+        0.5
+    );
+    assert!(r.service(svc("c").full_key()).is_none());
+    assert!(
+        r.datum(svc("c").full_key()).unwrap().deleted.is_some(),
+        "its tombstone"
+    );
+    // Restored ephemeral instances are heard from the restart: a full timeout.
+    let mut changed = Vec::new();
+    r.expire(
+        50_000 + Timeouts::default().unhealthy_timeout_ms - 100,
+        &mut changed,
+    );
+    assert!(changed.is_empty());
+    // New versions are above the saved ones.
+    r.apply(
+        Op::Deregister {
+            svc: svc("a"),
+            addr: addr("10.0.0.9", 1),
+        },
+        50_000,
+    );
+    let tomb = r.datum(svc("a").full_key()).unwrap();
+    let nine = tomb.instances.iter().find(|i| i.ip == "10.0.0.9").unwrap();
+    assert!(nine.deleted && nine.version > before.max_version());
+}
+
+#[test]
+fn a_clustered_restart_drops_old_records_its_peers_do_not_confirm() {
+    let mut s = store();
+    s.enable_journal();
+    let mut rows = journal::MemoryRows::default();
+    reg(&mut s, "a", spec("10.0.0.1", 1, &[]), 1_000);
+    reg(&mut s, "a", spec("10.0.0.2", 1, &[]), 1_000);
+    save(&mut s, &mut rows, 1_000);
+    let peer = s.datum(svc("a").full_key()).unwrap();
+    // Down for long: the peers deleted .2 and purged its tombstone.
+    let now = 1_000_000;
+    let mut r = restored(&rows, now, false);
+    assert_eq!(r.hold_back_restored(now), 2);
+    let mut confirm = peer.clone();
+    confirm.instances.retain(|i| i.ip == "10.0.0.1");
+    r.merge(confirm, now);
+    assert_eq!(r.settle_restored(true, now), 1);
+    assert_eq!(ips(&mut r, "a", now), vec!["10.0.0.1"]);
+    // When no peer served a snapshot (the whole cluster restarting), all stay.
+    let mut r = restored(&rows, now, false);
+    r.hold_back_restored(now);
+    assert_eq!(r.settle_restored(false, now), 0);
+    assert_eq!(ips(&mut r, "a", now).len(), 2);
+}
