@@ -37,6 +37,17 @@ pub const STORAGE_QUEUE_JOBS_MAX: usize = 16_384;
 /// How long a shard waits for room in a full queue before it drops a
 /// save-behind (counted in `registry_store_dropped_total`).
 pub const SAVE_BEHIND_WAIT_MS: u64 = 1_000;
+/// A commit of changes saved behind (none waits for it) comes at least
+/// this long after the previous commit, so that the shards' saves of
+/// that time share it; a persistent change commits at once. With the
+/// shards' tick (at most 100 ms) an ephemeral change is saved within
+/// about 200 ms.
+pub const COMMIT_GAP_BEHIND_MS: u64 = 100;
+/// Rows waiting for the storage thread past which every write, ephemeral
+/// too, waits for its save (back-pressure: the clients slow down to what
+/// the disk takes, and a crash loses at most about this many ephemeral
+/// changes, however long a burst runs).
+pub const UNSAVED_ROWS_MAX: u64 = 20_000;
 /// Jobs one transaction takes at most.
 pub const GROUP_COMMIT_JOBS_MAX: usize = 4_096;
 /// Jobs kept for retry while the disk fails; the oldest go past it.
@@ -82,6 +93,8 @@ pub struct DiskStats {
     pub last_error: Mutex<String>,
     /// Sum of commit durations, microseconds (with `commits`: the mean).
     pub commit_us: AtomicU64,
+    /// Rows handed to the storage thread and not committed yet.
+    pub unsaved_rows: AtomicU64,
 }
 
 /// A shard's way to the storage thread.
@@ -136,8 +149,19 @@ impl DiskHandle {
             .unwrap_or_default()
     }
 
+    /// Whether more rows wait for the storage thread than
+    /// `UNSAVED_ROWS_MAX` (and it is not failing): then every write waits
+    /// for its save.
+    pub fn behind(&self) -> bool {
+        // A failing store pauses saving behind; it does not stop writes.
+        !self.failing() && self.stats.unsaved_rows.load(Relaxed) > UNSAVED_ROWS_MAX
+    }
+
     /// Saves `changes` and answers once they are committed and synced.
     pub fn save_durable(&self, changes: Changes, wall_ms: u64) -> Result<Saved, String> {
+        self.stats
+            .unsaved_rows
+            .fetch_add(changes.rows() as u64, Relaxed);
         let (tx, rx) = oneshot::channel();
         let job = Job {
             changes,
@@ -147,7 +171,12 @@ impl DiskHandle {
         };
         match self.tx.try_send(job) {
             Ok(()) => Ok(rx),
-            Err(TrySendError::Full(_)) => Err("the store's queue is full".into()),
+            Err(TrySendError::Full(j)) => {
+                self.stats
+                    .unsaved_rows
+                    .fetch_sub(j.changes.rows() as u64, Relaxed);
+                Err("the store's queue is full".into())
+            }
             Err(TrySendError::Disconnected(_)) => Err("the store is closed".into()),
         }
     }
@@ -164,6 +193,8 @@ impl DiskHandle {
 
     /// Saves `changes` behind: no one waits for them.
     pub fn save_behind(&self, changes: Changes, wall_ms: u64) {
+        let rows = changes.rows() as u64;
+        self.stats.unsaved_rows.fetch_add(rows, Relaxed);
         let job = Job {
             changes,
             wall_ms,
@@ -175,6 +206,7 @@ impl DiskHandle {
             .send_timeout(job, Duration::from_millis(SAVE_BEHIND_WAIT_MS))
             .is_err()
         {
+            self.stats.unsaved_rows.fetch_sub(rows, Relaxed);
             self.stats.dropped.fetch_add(1, Relaxed);
             tracing::warn!("store queue full: a save-behind batch was dropped");
         }
@@ -332,6 +364,7 @@ fn storage_loop(opened: Opened, rx: Receiver<Job>, stats: Arc<DiskStats>) {
     let file_len = |f: &Path| std::fs::metadata(f).map(|m| m.len()).unwrap_or(0);
     stats.file_bytes.store(file_len(&file), Relaxed);
     let mut open = true;
+    let mut last_commit = Instant::now();
     // Tries of a failing disk left once told to stop.
     let mut tries_left = STOP_TRIES_MAX;
     while open || !pending.is_empty() {
@@ -360,6 +393,15 @@ fn storage_loop(opened: Opened, rx: Receiver<Job>, stats: Arc<DiskStats>) {
             }
             taken += 1;
         }
+        // Changes saved behind wait for the others of their commit gap:
+        // fewer, larger commits (each rewrites every page it touches).
+        let due = last_commit + Duration::from_millis(COMMIT_GAP_BEHIND_MS);
+        while open && pending.iter().all(|j| j.done.is_none() && !j.stop) {
+            match rx.recv_deadline(due) {
+                Ok(j) => pending.push(j),
+                Err(_) => break,
+            }
+        }
         if pending.iter().any(|j| j.stop) {
             open = false;
             pending.retain(|j| !j.stop);
@@ -380,6 +422,9 @@ fn storage_loop(opened: Opened, rx: Receiver<Job>, stats: Arc<DiskStats>) {
         if pending.len() > RETRY_JOBS_MAX {
             let over = pending.len() - RETRY_JOBS_MAX;
             for j in pending.drain(..over) {
+                stats
+                    .unsaved_rows
+                    .fetch_sub(j.changes.rows() as u64, Relaxed);
                 if let Some(done) = j.done {
                     let _ = done.send(Err("the store could not keep up".into()));
                 }
@@ -404,6 +449,7 @@ fn storage_loop(opened: Opened, rx: Receiver<Job>, stats: Arc<DiskStats>) {
             };
         }
         let started = Instant::now();
+        last_commit = started;
         let result = commit(db.as_ref().expect("opened above"), &pending);
         match result {
             Ok(rows) => {
@@ -416,6 +462,7 @@ fn storage_loop(opened: Opened, rx: Receiver<Job>, stats: Arc<DiskStats>) {
                 if stats.failing.swap(false, Relaxed) {
                     tracing::warn!(file = %file.display(), "store writable again");
                 }
+                stats.unsaved_rows.fetch_sub(rows as u64, Relaxed);
                 for j in pending.drain(..) {
                     if let Some(done) = j.done {
                         let _ = done.send(Ok(()));

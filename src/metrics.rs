@@ -482,7 +482,13 @@ pub fn render(shards: &[ShardStats], inboxes: &[InboxStats], open_connections: u
 pub fn render_store(out: &mut String, disk: &crate::disk::DiskStats, instances: u64) {
     let o = out;
     let commits = disk.commits.load(Relaxed);
-    let rows: [(&str, &str, &str, f64); 7] = [
+    let rows: [(&str, &str, &str, f64); 8] = [
+        (
+            "registry_store_unsaved_rows",
+            "gauge",
+            "Rows handed to the storage thread and not committed yet.",
+            disk.unsaved_rows.load(Relaxed) as f64,
+        ),
         (
             "registry_store_commits_total",
             "counter",

@@ -98,6 +98,14 @@ pub struct Args {
     /// Beat period of the beat scenario, ms.
     #[arg(long, default_value_t = 5_000)]
     pub beat_period_ms: u64,
+    /// Register (and deregister) persistent instances (`ephemeral=false`):
+    /// each write waits for the node's synced store.
+    #[arg(long)]
+    pub persistent: bool,
+    /// Leave the registered instances in place: skip the deregister and
+    /// cleanup phases (to fill a node, e.g. for a restart benchmark).
+    #[arg(long)]
+    pub keep: bool,
 }
 
 /// Pairs each `--label` / `--server-pid` with the `--target` before it,
@@ -199,8 +207,15 @@ pub fn run(raw: Vec<String>) -> Result<Outcome, CliError> {
         rate: args.rate.filter(|r| *r > 0.0),
         seed: args.seed,
         beat_period: Duration::from_millis(args.beat_period_ms.max(1)),
+        persistent: args.persistent,
     };
+
     let grpc = args.protocol == "grpc";
+    if grpc && (args.persistent || args.keep) {
+        return Err("--persistent and --keep are for HTTP scenarios"
+            .to_string()
+            .into());
+    }
     if grpc && !crate::grpc_run::SCENARIOS.contains(&args.scenario.as_str()) {
         return Err(format!(
             "--protocol grpc runs {}; {:?} is an HTTP scenario",
@@ -215,11 +230,15 @@ pub fn run(raw: Vec<String>) -> Result<Outcome, CliError> {
     let phases = if grpc {
         Vec::new()
     } else {
-        scenario::phases(
+        let mut all = scenario::phases(
             &args.scenario,
             &params,
             Duration::from_secs(PHASE_SECONDS_MAX),
-        )?
+        )?;
+        if args.keep {
+            all.retain(|ph| !matches!(ph.work, scenario::Work::Deregister));
+        }
+        all
     };
     let config = RunConfig {
         connections: args.connections,

@@ -113,6 +113,8 @@ pub struct Params {
     pub seed: u64,
     /// Beat period of the `beat` and `storm` scenarios.
     pub beat_period: Duration,
+    /// Registers and deregisters persistent instances.
+    pub persistent: bool,
 }
 
 /// Instance `i`'s service and address: service `i % S`, a distinct IP.
@@ -129,12 +131,24 @@ pub fn instances_in_service(p: &Params, s: usize) -> usize {
     p.instances / services + usize::from(s < p.instances % services)
 }
 
+/// The query suffix of a persistent instance's writes.
+fn persistence(p: &Params) -> &'static str {
+    if p.persistent {
+        "&ephemeral=false"
+    } else {
+        ""
+    }
+}
+
 pub fn register(p: &Params, i: usize) -> Item {
     let (svc, ip, port) = instance(p, i);
     Item {
         op: OpKind::Register,
         method: "POST",
-        path: format!("/nacos/v1/ns/instance?serviceName={svc}&ip={ip}&port={port}"),
+        path: format!(
+            "/nacos/v1/ns/instance?serviceName={svc}&ip={ip}&port={port}{}",
+            persistence(p)
+        ),
         expect: Expect::Ok,
     }
 }
@@ -144,7 +158,10 @@ pub fn deregister(p: &Params, i: usize) -> Item {
     Item {
         op: OpKind::Deregister,
         method: "DELETE",
-        path: format!("/nacos/v1/ns/instance?serviceName={svc}&ip={ip}&port={port}"),
+        path: format!(
+            "/nacos/v1/ns/instance?serviceName={svc}&ip={ip}&port={port}{}",
+            persistence(p)
+        ),
         expect: Expect::Ok,
     }
 }
@@ -343,7 +360,17 @@ mod tests {
             rate: None,
             seed: 7,
             beat_period: Duration::from_secs(5),
+            persistent: false,
         }
+    }
+
+    #[test]
+    fn persistent_writes_say_so() {
+        let mut p = params();
+        assert!(!register(&p, 1).path.contains("ephemeral"));
+        p.persistent = true;
+        assert!(register(&p, 1).path.ends_with("&ephemeral=false"));
+        assert!(deregister(&p, 1).path.ends_with("&ephemeral=false"));
     }
 
     #[test]

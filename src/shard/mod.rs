@@ -226,11 +226,12 @@ impl ShardCtx {
     }
 
     /// Hands the store's changes to the storage thread: now, with a waiter,
-    /// when they hold persistent data; behind when they grew past
+    /// when they hold persistent data or the storage thread is behind
+    /// (`disk::UNSAVED_ROWS_MAX`); behind when they grew past
     /// `JOURNAL_ENTRIES_MAX`; else at the next tick (`save_behind`).
     fn save(&self, store: &mut Store, now_ms: u64) -> Option<crate::disk::Saved> {
         let disk = self.shared.disk.as_ref()?;
-        if store.journal_durable() {
+        if store.journal_durable() || (store.journal_len() > 0 && disk.behind()) {
             let changes = store.take_changes()?;
             return Some(disk.save_durable(changes, now_ms).unwrap_or_else(|e| {
                 let (tx, rx) = oneshot::channel();
