@@ -47,7 +47,7 @@ pub const COMMIT_GAP_BEHIND_MS: u64 = 100;
 /// too, waits for its save (back-pressure: the clients slow down to what
 /// the disk takes, and a crash loses at most about this many ephemeral
 /// changes, however long a burst runs).
-pub const UNSAVED_ROWS_MAX: u64 = 20_000;
+pub const UNSAVED_ROWS_MAX: u64 = 100_000;
 /// Jobs one transaction takes at most.
 pub const GROUP_COMMIT_JOBS_MAX: usize = 4_096;
 /// Jobs kept for retry while the disk fails; the oldest go past it.

@@ -291,12 +291,14 @@ pub async fn run_op(
     let cores = ctx.shared.inboxes.len();
     let target = shard_of(op.service().full_key(), cores);
     if target == ctx.id {
-        if !op.reads_view() {
+        let write = !op.reads_view();
+        if write {
             // Beats other shards answered before this write apply first.
             ctx.drain_inbox();
         }
         let (reply, saved) = ctx.execute_op(op, subscription, now_ms());
-        return crate::shard::settle(reply, saved).await;
+        let disk = ctx.shared.disk.as_ref().filter(|_| write);
+        return crate::shard::settle(reply, saved, disk).await;
     }
     if op.reads_view() {
         let (mut op, mut subscription) = (Some(op), subscription);
@@ -314,7 +316,7 @@ pub async fn run_op(
         reply: tx,
     };
     match ask::<_, Result<_, Reply>>(ctx, target, msg, rx).await {
-        Ok((reply, saved)) => crate::shard::settle(reply, saved).await,
+        Ok((reply, saved)) => crate::shard::settle(reply, saved, ctx.shared.disk.as_ref()).await,
         Err(r) => r,
     }
 }
@@ -419,7 +421,8 @@ async fn read_at_owner(
                     }
                 }
             }
-            crate::shard::settle(reply, saved).await
+            // A read never waits for a store that is behind.
+            crate::shard::settle(reply, saved, None).await
         }
         Err(_) => Reply::text(500, "shard did not answer"),
     }

@@ -100,9 +100,27 @@ pub fn refused_unsaved(why: &str) -> Reply {
     )
 }
 
+/// How long a write's reply waits at most for a storage thread that is
+/// behind (`disk::UNSAVED_ROWS_MAX`), and how often it looks.
+const STORE_BEHIND_WAIT_MS_MAX: u64 = 1_000;
+const STORE_BEHIND_POLL_MS: u64 = 2;
+
 /// The reply of a write once its save (if it had to wait for one) is
-/// done: 503 when the store could not save it.
-pub async fn settle(reply: Reply, saved: Option<crate::disk::Saved>) -> Reply {
+/// done: 503 when the store could not save it. Any write's reply also
+/// waits while the storage thread is behind (back-pressure; at most
+/// `STORE_BEHIND_WAIT_MS_MAX`).
+pub async fn settle(
+    reply: Reply,
+    saved: Option<crate::disk::Saved>,
+    disk: Option<&crate::disk::DiskHandle>,
+) -> Reply {
+    if let Some(d) = disk {
+        let mut waited = 0;
+        while d.behind() && waited < STORE_BEHIND_WAIT_MS_MAX {
+            monoio::time::sleep(Duration::from_millis(STORE_BEHIND_POLL_MS)).await;
+            waited += STORE_BEHIND_POLL_MS;
+        }
+    }
     match saved {
         None => reply,
         Some(rx) => match rx.await {
@@ -226,12 +244,11 @@ impl ShardCtx {
     }
 
     /// Hands the store's changes to the storage thread: now, with a waiter,
-    /// when they hold persistent data or the storage thread is behind
-    /// (`disk::UNSAVED_ROWS_MAX`); behind when they grew past
+    /// when they hold persistent data; behind when they grew past
     /// `JOURNAL_ENTRIES_MAX`; else at the next tick (`save_behind`).
     fn save(&self, store: &mut Store, now_ms: u64) -> Option<crate::disk::Saved> {
         let disk = self.shared.disk.as_ref()?;
-        if store.journal_durable() || (store.journal_len() > 0 && disk.behind()) {
+        if store.journal_durable() {
             let changes = store.take_changes()?;
             return Some(disk.save_durable(changes, now_ms).unwrap_or_else(|e| {
                 let (tx, rx) = oneshot::channel();
