@@ -328,6 +328,22 @@ fn a_damaged_store_file_is_refused_by_name() {
     assert_eq!(code, Some(1), "{err}");
     assert!(err.contains(&*file.to_string_lossy()), "{err}");
 
+    // A store of a row format this node does not read.
+    std::fs::remove_file(&file).unwrap();
+    {
+        let db = redb::Database::create(&file).unwrap();
+        let txn = db.begin_write().unwrap();
+        {
+            let meta: redb::TableDefinition<&str, u64> = redb::TableDefinition::new("meta");
+            txn.open_table(meta).unwrap().insert("format", 99).unwrap();
+        }
+        txn.commit().unwrap();
+    }
+    let (code, err) = run_to_exit(&dir.0);
+    assert_eq!(code, Some(1), "{err}");
+    assert!(err.contains("row format is 99"), "{err}");
+    assert!(err.contains(&*file.to_string_lossy()), "{err}");
+
     // Moved away, as the message says: the node starts empty.
     std::fs::rename(&file, dir.0.join("registry.redb.bad")).unwrap();
     let n = start(dir.path(), &[]);
