@@ -86,6 +86,14 @@ impl Cluster {
         self.nodes[i] = Some(Node::start_raw(&self.args(i)));
     }
 
+    /// Starts node `i` with `flag` set to `value` instead of FAST's.
+    fn start_setting(&mut self, i: usize, flag: &str, value: &str) {
+        let mut a = self.args(i);
+        let at = a.iter().position(|x| x == flag).expect("a FAST flag");
+        a[at + 1] = value.to_string();
+        self.nodes[i] = Some(Node::start_raw(&a));
+    }
+
     fn node(&self, i: usize) -> &Node {
         self.nodes[i].as_ref().expect("node running")
     }
@@ -952,4 +960,43 @@ fn a_whole_cluster_killed_and_restarted_keeps_what_it_acknowledged() {
     }
     drop(c);
     let _ = std::fs::remove_dir_all(&data);
+}
+
+/// Writes made before the members see each other UP reach every node
+/// within about a report interval, not at the next verify round (issue 14,
+/// item 5): a member that turns UP gets a verify round at once. The verify
+/// interval here is 60 s, so only those early rounds can deliver.
+#[test]
+fn writes_made_before_members_are_up_reach_them_within_a_report_interval() {
+    let mut c = Cluster::new(&[], &[]);
+    for i in 0..3 {
+        c.start_setting(i, "--verify-interval-ms", "60000");
+    }
+    for i in 0..3 {
+        c.wait_ready(i);
+    }
+    // At once: some members may not count the others UP yet.
+    let expected: BTreeSet<String> = (0..300)
+        .map(|k| format!("10.12.{}.{}", k / 250, k % 250))
+        .collect();
+    for (k, ip) in expected.iter().enumerate() {
+        let svc = format!("early-{}", k % 30);
+        let r = register(c.node(k % 3), &svc, ip, "");
+        assert_eq!(r.status, 200, "{}", r.body);
+    }
+    let all = |n: &Node| -> BTreeSet<String> {
+        (0..30)
+            .flat_map(|s| ips(n, &format!("early-{s}")))
+            .collect()
+    };
+    let started = Instant::now();
+    for i in 0..3 {
+        assert!(
+            eventually(Duration::from_secs(10), || all(c.node(i)) == expected),
+            "node {i} has {} of 300 after {:?}",
+            all(c.node(i)).len(),
+            started.elapsed()
+        );
+    }
+    println!("every node had all 300 after {:?}", started.elapsed());
 }

@@ -290,18 +290,62 @@ async fn report_loop(ctx: &Rc<ShardCtx>) {
     }
 }
 
+/// A member that turns UP gets a verify round at once, and again this
+/// many times one report interval apart (it may not count this node UP
+/// yet and refuse the first): what it missed while it was not UP (writes
+/// replicate only to UP members) reaches it within about a report
+/// interval instead of a verify interval (issue 14, item 5).
+const VERIFY_ROUNDS_ON_UP: u32 = 2;
+/// How often the verify loop looks for members that turned UP.
+const VERIFY_UP_CHECK_MS: u64 = 100;
+
 /// Every `verify_interval_ms`: the checksums of every service this node
-/// owns, to every other healthy member.
+/// owns, to every other healthy member; and at once to a member that has
+/// just turned UP (`VERIFY_ROUNDS_ON_UP`).
 async fn verify_loop(ctx: Rc<ShardCtx>) {
     let shared = ctx.shared.cluster.as_ref().expect("clustered");
     let cl = ctx.cluster.as_ref().expect("clustered");
     let interval = Duration::from_millis(ctx.shared.config.verify_interval_ms);
+    let report = Duration::from_millis(ctx.shared.config.report_interval_ms);
+    // Members UP at the last look, and those owed an early round:
+    // (member, when, rounds left).
+    let mut up: std::collections::BTreeSet<String> = Default::default();
+    let mut owed: Vec<(String, Instant, u32)> = Vec::new();
+    let mut next_round = Instant::now() + interval;
     loop {
-        monoio::time::sleep(interval).await;
+        monoio::time::sleep(Duration::from_millis(VERIFY_UP_CHECK_MS).min(interval)).await;
         if stopping(&ctx) {
             return;
         }
         if !shared.is_ready() {
+            continue;
+        }
+        ctx.refresh_view(now_ms());
+        let view = cl.state.borrow().view.clone();
+        let peers: std::collections::BTreeSet<String> = view.others().into_iter().collect();
+        let now = Instant::now();
+        for p in peers.difference(&up) {
+            tracing::debug!(member = %p, "member UP: a verify round at once");
+            owed.push((p.clone(), now, VERIFY_ROUNDS_ON_UP));
+        }
+        owed.retain(|(p, ..)| peers.contains(p));
+        up = peers;
+        let mut targets: Vec<String> = Vec::new();
+        if now >= next_round {
+            next_round = now + interval;
+            targets.extend(up.iter().cloned());
+        }
+        for (p, at, left) in owed.iter_mut() {
+            if *at <= now {
+                if !targets.contains(p) {
+                    targets.push(p.clone());
+                }
+                *left -= 1;
+                *at = now + report;
+            }
+        }
+        owed.retain(|(_, _, left)| *left > 0);
+        if targets.is_empty() {
             continue;
         }
         // Everything any shard wrote before this instant has a lower hlc.
@@ -313,8 +357,6 @@ async fn verify_loop(ctx: Rc<ShardCtx>) {
                 continue;
             }
         };
-        ctx.refresh_view(now_ms());
-        let view = cl.state.borrow().view.clone();
         let msg = Checksums {
             round,
             healthy: view.healthy.clone(),
@@ -325,7 +367,7 @@ async fn verify_loop(ctx: Rc<ShardCtx>) {
             "/nacos/v1/ns/distro/checksum?source={}",
             form_urlencoded::byte_serialize(shared.me.as_bytes()).collect::<String>()
         );
-        for peer in view.others() {
+        for peer in targets {
             let (ctx, body, target) = (ctx.clone(), body.clone(), target.clone());
             monoio::spawn(async move {
                 let cl = ctx.cluster.as_ref().expect("clustered");
