@@ -18,7 +18,7 @@ use crossbeam_channel::{Receiver, RecvTimeoutError, Sender, TrySendError};
 use futures_channel::oneshot;
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 
-use crate::store::journal::{Changes, RowSink, SavedService};
+use crate::store::journal::{Changes, Regroup, RowSink, SavedService};
 
 /// The store file in the data directory.
 pub const STORE_FILE: &str = "registry.redb";
@@ -229,7 +229,8 @@ fn builder() -> redb::Builder {
     b
 }
 
-fn unreadable(file: &Path, e: impl std::fmt::Display) -> DiskError {
+/// The error of a store file that cannot be read, with how to start empty.
+pub fn unreadable(file: &Path, e: impl std::fmt::Display) -> DiskError {
     DiskError::Unreadable {
         file: file.to_path_buf(),
         reason: e.to_string(),
@@ -314,37 +315,18 @@ impl Opened {
             let (k, v) = e.map_err(|e| bad(e.into()))?;
             rows.insert(k.value().to_string(), v.value().to_vec());
         }
-        let mut loaded = Loaded::default();
-        let mut current: Option<SavedService> = None;
+        let mut loaded = Loaded {
+            services: 0,
+            rows: rows.len(),
+        };
+        let mut group = Regroup::new(rows);
         for e in instances.iter().map_err(|e| bad(e.into()))? {
             let (k, v) = e.map_err(|e| bad(e.into()))?;
             let (svc, inst) = k.value();
             loaded.rows += 1;
-            if current.as_ref().is_some_and(|c| c.key != svc) {
-                dispatch(current.take().expect("checked"));
-                loaded.services += 1;
-            }
-            let c = current.get_or_insert_with(|| SavedService {
-                key: svc.to_string(),
-                row: rows.remove(svc),
-                instances: Vec::new(),
-            });
-            c.instances.push((inst.to_string(), v.value().to_vec()));
+            group.instance(svc, inst, v.value(), &mut dispatch);
         }
-        if let Some(c) = current {
-            dispatch(c);
-            loaded.services += 1;
-        }
-        // Services without instances (new, or only their tombstone).
-        for (key, row) in rows {
-            loaded.rows += 1;
-            loaded.services += 1;
-            dispatch(SavedService {
-                key,
-                row: Some(row),
-                instances: Vec::new(),
-            });
-        }
+        loaded.services = group.finish(&mut dispatch);
         Ok(loaded)
     }
 

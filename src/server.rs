@@ -133,13 +133,7 @@ pub fn run(config: Config) -> Result<(), ServerError> {
         }
         crate::config::DataDir::Path(dir) => Some(crate::disk::open(dir)?),
     };
-    let (disk, disk_queue) = match &opened {
-        Some(_) => {
-            let (h, q) = crate::disk::queue();
-            (Some(h), Some(q))
-        }
-        None => (None, None),
-    };
+    let (disk, disk_queue) = opened.as_ref().map(|_| crate::disk::queue()).unzip();
     let node = NodeInfo { advertise: addr };
     let cluster = match config.cluster_members().map_err(ServerError::Config)? {
         Some((me, members)) => {

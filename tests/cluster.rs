@@ -165,11 +165,7 @@ fn healthy_ips(n: &Node, svc: &str) -> BTreeSet<String> {
 }
 
 fn metric(n: &Node, name: &str) -> u64 {
-    let page = n.get("/metrics").body;
-    page.lines()
-        .find_map(|l| l.strip_prefix(&format!("{name} ")))
-        .map(|v| v.trim().parse().unwrap())
-        .unwrap_or_else(|| panic!("no metric {name}"))
+    n.metric(name) as u64
 }
 
 fn owner_of(c: &Cluster, svc: &str) -> usize {

@@ -70,11 +70,7 @@ fn set(items: &[&str]) -> BTreeSet<String> {
 }
 
 fn metric(n: &Node, name: &str) -> f64 {
-    let page = n.get("/metrics").body;
-    page.lines()
-        .find_map(|l| l.strip_prefix(&format!("{name} ")))
-        .map(|v| v.trim().parse().unwrap())
-        .unwrap_or_else(|| panic!("no metric {name}"))
+    n.metric(name)
 }
 
 /// Persistent and ephemeral instances, service fields and a deregister

@@ -21,13 +21,7 @@ fn hosts(n: &Node, svc: &str) -> Vec<serde_json::Value> {
 }
 
 fn metric(n: &Node, name: &str) -> f64 {
-    let m = n.get("/metrics").body;
-    m.lines()
-        .find(|l| l.starts_with(&format!("{name} ")))
-        .and_then(|l| l.rsplit(' ').next())
-        .unwrap_or_else(|| panic!("{name} missing"))
-        .parse()
-        .unwrap()
+    n.metric(name)
 }
 
 fn beat(n: &Node, svc: &str, ip: &str, json: bool) -> serde_json::Value {

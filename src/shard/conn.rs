@@ -118,9 +118,7 @@ async fn serve_inner(ctx: &Rc<ShardCtx>, stream: &mut TcpStream, peer: SocketAdd
                         // Head (after any earlier pipelined answers), then
                         // the cached body itself.
                         response::write_head(&mut out, &reply, keep_alive);
-                        if ctx.mail.is_due() {
-                            ctx.send_mail();
-                        }
+                        ctx.send_mail();
                         let (res, o) = stream.write_all(out).await;
                         out = o;
                         out.clear();
@@ -157,10 +155,8 @@ async fn serve_inner(ctx: &Rc<ShardCtx>, stream: &mut TcpStream, peer: SocketAdd
         }
         buf.drain(..consumed);
         if !out.is_empty() {
-            if ctx.mail.is_due() {
-                // What these requests posted leaves before their replies.
-                ctx.send_mail();
-            }
+            // What these requests posted leaves before their replies.
+            ctx.send_mail();
             let (res, o) = stream.write_all(out).await;
             out = o;
             out.clear();

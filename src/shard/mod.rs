@@ -404,6 +404,9 @@ impl ShardCtx {
     /// (a beat answered from a view) is in its owner's inbox before the
     /// client can send its next request (to any shard).
     pub fn send_mail(&self) {
+        if !self.mail.is_due() {
+            return;
+        }
         for (to, batch, wake) in self.mail.take() {
             self.stats()
                 .cross_core_batches
@@ -616,11 +619,7 @@ fn restore_store(ctx: &ShardCtx, r: Restore) {
                     crate::config::DataDir::Path(p) => p.join(crate::disk::STORE_FILE),
                     crate::config::DataDir::None => Default::default(),
                 };
-                tracing::error!(
-                    "store file {} cannot be read: {e}. To start empty, move it away (or \
-                     start with another --data-dir, or --data-dir none)",
-                    file.display()
-                );
+                tracing::error!("{}", crate::disk::unreadable(&file, e));
                 std::process::exit(1);
             }
         }

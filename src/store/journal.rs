@@ -291,29 +291,71 @@ impl MemoryRows {
 
     /// Every saved service, as `disk::Opened::load` hands them out.
     pub fn saved(&self) -> Vec<SavedService> {
-        let mut out: std::collections::BTreeMap<String, SavedService> = self
-            .services
-            .iter()
-            .map(|(k, v)| {
-                let s = SavedService {
-                    key: k.clone(),
-                    row: Some(v.clone()),
-                    instances: Vec::new(),
-                };
-                (k.clone(), s)
-            })
-            .collect();
+        let mut out = Vec::new();
+        let mut g = Regroup::new(self.services.clone());
         for ((svc, inst), v) in &self.instances {
-            out.entry(svc.clone())
-                .or_insert_with(|| SavedService {
-                    key: svc.clone(),
-                    row: None,
-                    instances: Vec::new(),
-                })
-                .instances
-                .push((inst.clone(), v.clone()));
+            g.instance(svc, inst, v, |s| out.push(s));
         }
-        out.into_values().collect()
+        g.finish(|s| out.push(s));
+        out
+    }
+}
+
+/// Rows read back in key order, regrouped into whole services: each
+/// service's instance rows with its own row, then the services that have
+/// only their own row. Used by the store file's `load` and by
+/// `MemoryRows`, which both hold instance rows sorted by (service,
+/// instance).
+pub struct Regroup {
+    /// Service rows not yet handed out.
+    rows: std::collections::BTreeMap<String, Vec<u8>>,
+    current: Option<SavedService>,
+    /// Services handed out so far.
+    pub services: usize,
+}
+
+impl Regroup {
+    pub fn new(rows: std::collections::BTreeMap<String, Vec<u8>>) -> Regroup {
+        Regroup {
+            rows,
+            current: None,
+            services: 0,
+        }
+    }
+
+    /// The next instance row; hands the previous service to `out` once
+    /// its rows are over.
+    pub fn instance(&mut self, svc: &str, inst: &str, row: &[u8], out: impl FnOnce(SavedService)) {
+        if self.current.as_ref().is_some_and(|c| c.key != svc) {
+            out(self.current.take().expect("checked"));
+            self.services += 1;
+        }
+        let rows = &mut self.rows;
+        self.current
+            .get_or_insert_with(|| SavedService {
+                key: svc.to_string(),
+                row: rows.remove(svc),
+                instances: Vec::new(),
+            })
+            .instances
+            .push((inst.to_string(), row.to_vec()));
+    }
+
+    /// Hands out the last service with instances, then those without.
+    pub fn finish(mut self, mut out: impl FnMut(SavedService)) -> usize {
+        if let Some(c) = self.current.take() {
+            out(c);
+            self.services += 1;
+        }
+        for (key, row) in std::mem::take(&mut self.rows) {
+            out(SavedService {
+                key,
+                row: Some(row),
+                instances: Vec::new(),
+            });
+            self.services += 1;
+        }
+        self.services
     }
 }
 

@@ -127,6 +127,15 @@ impl Node {
         self.req("GET", path_and_query, "")
     }
 
+    /// The value of an unlabelled `/metrics` family.
+    pub fn metric(&self, name: &str) -> f64 {
+        let page = self.get("/metrics").body;
+        page.lines()
+            .find_map(|l| l.strip_prefix(&format!("{name} ")))
+            .map(|v| v.trim().parse().unwrap())
+            .unwrap_or_else(|| panic!("no metric {name}"))
+    }
+
     pub fn json(&self, path_and_query: &str) -> serde_json::Value {
         let r = self.get(path_and_query);
         assert_eq!(r.status, 200, "GET {path_and_query}: {}", r.body);
