@@ -106,7 +106,7 @@ fn apply_action(store: &mut Store, action: Action) {
             }
         }
         Action::ServiceList { page_size, .. } => assert!(page_size > 0),
-        Action::OperatorMetrics | Action::Metrics | Action::Peer => {}
+        Action::OperatorMetrics | Action::Metrics | Action::Peer | Action::Login => {}
     }
 }
 
@@ -191,6 +191,7 @@ pub fn api_params(data: &[u8]) {
         },
         token: None,
         forwarded: false,
+        access_token: None,
     };
     let mut store = seeded_store();
     let action = api::handle(endpoint, &req, client(), &node());
@@ -216,6 +217,7 @@ pub fn beat_json(data: &[u8]) {
             user_agent: "fuzz",
             token: None,
             forwarded: false,
+            access_token: None,
         };
         let mut store = seeded_store();
         let action = api::handle(Endpoint::InstanceBeat, &req, client(), &node());

@@ -27,6 +27,14 @@ pub enum ConfigError {
     Invalid(String),
 }
 
+/// What else the binary does besides running a node.
+#[derive(clap::Subcommand, Debug, Clone, PartialEq, Eq)]
+pub enum Command {
+    /// Reads a password on standard input and prints its bcrypt hash, for
+    /// the `password_hash` of a user in the --auth-users file.
+    HashPassword,
+}
+
 macro_rules! settings {
     ($( $(#[doc = $doc:literal])* $name:ident : $ty:ty = $default:expr ),* $(,)?) => {
         /// Command-line flags; every one also reads `DISTRO_REGISTRY_<NAME>`.
@@ -36,6 +44,8 @@ macro_rules! settings {
             /// TOML file with any of the settings below (kebab-case keys).
             #[arg(long, env = "DISTRO_REGISTRY_CONFIG")]
             pub config: Option<PathBuf>,
+            #[command(subcommand)]
+            pub command: Option<Command>,
             $(
                 $(#[doc = $doc])*
                 #[arg(long, value_parser = parse_setting::<$ty>)]
@@ -107,6 +117,26 @@ macro_rules! whole_number {
     )*};
 }
 whole_number!(u64, usize);
+
+impl SettingValue for bool {
+    fn parse_setting(s: &str) -> Result<Self, String> {
+        match s.trim().to_ascii_lowercase().as_str() {
+            "true" | "1" | "yes" | "on" => Ok(true),
+            "false" | "0" | "no" | "off" => Ok(false),
+            _ => Err(format!("{s:?} is neither true nor false")),
+        }
+    }
+    fn show(&self) -> String {
+        if *self {
+            "on".into()
+        } else {
+            "off".into()
+        }
+    }
+}
+
+/// Settings given as a bare switch (`--auth`), also `--auth=false`.
+const SWITCHES: [&str; 2] = ["auth", "auth_metrics"];
 
 impl SettingValue for String {
     fn parse_setting(s: &str) -> Result<Self, String> {
@@ -327,6 +357,18 @@ settings! {
     /// fields, ephemeral instances saved behind); `none` keeps everything
     /// in memory. One node per directory.
     data_dir: DataDir = DataDir::Path(PathBuf::from(DATA_DIR_DEFAULT)),
+    /// Client authentication: every client request needs a token (or
+    /// username and password) of a user in --auth-users (README: auth).
+    auth: bool = false,
+    /// Base64 of at least 32 random bytes, the same on every node: signs
+    /// the access tokens. Required with --auth; there is no default.
+    auth_secret: String = String::new(),
+    /// Access tokens are valid this long after login, s.
+    auth_token_ttl_s: u64 = 18_000,
+    /// TOML file of users and roles (README: auth); re-read on SIGHUP.
+    auth_users: String = String::new(),
+    /// With --auth, `/metrics` needs credentials too.
+    auth_metrics: bool = false,
 }
 
 impl FileConfig {
@@ -356,8 +398,13 @@ impl FileConfig {
 impl Config {
     /// Parses flags and environment, reads the TOML file if one is named.
     pub fn load() -> Result<Config, ConfigError> {
+        Self::from_cli(Self::parse_cli())
+    }
+
+    /// The command line as given (a subcommand, or a node's flags).
+    pub fn parse_cli() -> Cli {
         let matches = Self::command().get_matches();
-        Self::from_cli(Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit()))
+        Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit())
     }
 
     /// The command line, its help naming each setting's variable and
@@ -372,6 +419,13 @@ impl Config {
                 default
             };
             let tail = format!("[env: {}] [default: {default}]", env_name(name));
+            if SWITCHES.contains(&name) {
+                cmd = cmd.mut_arg(name, |a| {
+                    a.num_args(0..=1)
+                        .require_equals(true)
+                        .default_missing_value("true")
+                });
+            }
             cmd = cmd.mut_arg(name, |a| {
                 let help = a.get_help().map(|h| h.to_string()).unwrap_or_default();
                 let long = a.get_long_help().map(|h| h.to_string());
@@ -430,6 +484,7 @@ impl Config {
             ("grpc-message-bytes-max", self.grpc_message_bytes_max as u64),
             ("grpc-probe-idle-ms", self.grpc_probe_idle_ms),
             ("grpc-probe-timeout-ms", self.grpc_probe_timeout_ms),
+            ("auth-token-ttl-s", self.auth_token_ttl_s),
         ];
         for (name, v) in positive {
             if v == 0 {
@@ -443,6 +498,34 @@ impl Config {
         }
         self.cluster_members()?;
         self.grpc_addr(self.bind)?;
+        self.check_auth()?;
+        Ok(())
+    }
+
+    /// `--auth` needs a secret of its own (no built-in default: Nacos
+    /// shipped one, and every node that kept it could be entered by anyone)
+    /// and a users file.
+    fn check_auth(&self) -> Result<(), ConfigError> {
+        if !self.auth {
+            return Ok(());
+        }
+        if self.auth_secret.trim().is_empty() {
+            return Err(ConfigError::Invalid(
+                "--auth is on but --auth-secret is not set: tokens are signed with a secret \
+                 of your own, the same on every node, and there is no built-in one; make one \
+                 with `head -c 32 /dev/urandom | base64` and give it to every node"
+                    .into(),
+            ));
+        }
+        crate::auth::Signer::from_base64(&self.auth_secret)
+            .map_err(|e| ConfigError::Invalid(e.to_string()))?;
+        if self.auth_users.trim().is_empty() {
+            return Err(ConfigError::Invalid(
+                "--auth is on but --auth-users is not set: give the TOML file of users and \
+                 roles (README: auth)"
+                    .into(),
+            ));
+        }
         Ok(())
     }
 

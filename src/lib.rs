@@ -2,6 +2,7 @@
 //! thread-per-core on io_uring. See `docs/design.md` for who owns what.
 
 pub mod api;
+pub mod auth;
 pub mod cluster;
 pub mod config;
 pub mod disk;

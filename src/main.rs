@@ -19,7 +19,19 @@ fn disable_transparent_huge_pages() {
 }
 
 fn main() {
-    let config = match distro_registry::config::Config::load() {
+    use distro_registry::config::{Command, Config};
+    let cli = Config::parse_cli();
+    if cli.command == Some(Command::HashPassword) {
+        match distro_registry::auth::hash_password_from_stdin() {
+            Ok(h) => println!("{h}"),
+            Err(e) => {
+                eprintln!("distro-registry hash-password: {e}");
+                std::process::exit(2);
+            }
+        }
+        return;
+    }
+    let config = match Config::from_cli(cli) {
         Ok(c) => c,
         Err(e) => {
             eprintln!("distro-registry: {e}");

@@ -553,3 +553,63 @@ pub fn render_store(out: &mut String, disk: &crate::disk::DiskStats, instances: 
     };
     let _ = writeln!(o, "registry_store_commit_seconds_mean {mean:.6}");
 }
+
+/// The `--auth` families: logins, refusals by reason, the shards'
+/// credential caches, users-file reloads.
+pub fn render_auth(out: &mut String, a: &crate::auth::AuthStats) {
+    use crate::auth::Refusal;
+    let o = out;
+    let two =
+        |o: &mut String, name: &str, help: &str, label: &str, rows: [(&str, &AtomicU64); 2]| {
+            family(o, name, "counter", help);
+            for (value, n) in rows {
+                let _ = writeln!(o, "{name}{{{label}=\"{value}\"}} {}", n.load(Relaxed));
+            }
+        };
+    two(
+        o,
+        "registry_auth_logins_total",
+        "Logins answered, by result.",
+        "result",
+        [("ok", &a.logins_ok), ("failed", &a.logins_failed)],
+    );
+    family(
+        o,
+        "registry_auth_refusals_total",
+        "counter",
+        "Requests and logins refused, by reason.",
+    );
+    for r in Refusal::ALL {
+        let _ = writeln!(
+            o,
+            "registry_auth_refusals_total{{reason=\"{}\"}} {}",
+            r.name(),
+            a.refusals[r as usize].load(Relaxed)
+        );
+    }
+    family(
+        o,
+        "registry_auth_cache_total",
+        "counter",
+        "Credential checks answered from a shard's cache (hit) or checked anew (miss: one HMAC for a token, one bcrypt for a password).",
+    );
+    for (kind, hits, misses) in [
+        ("token", &a.token_hits, &a.token_misses),
+        ("password", &a.password_hits, &a.password_misses),
+    ] {
+        for (result, n) in [("hit", hits), ("miss", misses)] {
+            let _ = writeln!(
+                o,
+                "registry_auth_cache_total{{kind=\"{kind}\",result=\"{result}\"}} {}",
+                n.load(Relaxed)
+            );
+        }
+    }
+    two(
+        o,
+        "registry_auth_reloads_total",
+        "Users-file reloads (SIGHUP), by result.",
+        "result",
+        [("ok", &a.reloads), ("refused", &a.reload_errors)],
+    );
+}

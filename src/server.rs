@@ -2,6 +2,7 @@
 //! signal handling, and the wait for every shard to stop.
 
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 
@@ -34,6 +35,8 @@ pub enum ServerError {
     Disk(#[from] crate::disk::DiskError),
     #[error("cannot start the storage thread: {0}")]
     StorageThread(std::io::Error),
+    #[error("{0}")]
+    Auth(String),
 }
 
 /// "address already in use" says what to do about it.
@@ -142,7 +145,21 @@ pub fn run(config: Config) -> Result<(), ServerError> {
         }
         None => None,
     };
+    let auth = if config.auth {
+        let a = crate::auth::Auth::new(
+            &config.auth_secret,
+            config.auth_token_ttl_s,
+            PathBuf::from(config.auth_users.trim()),
+            config.auth_metrics,
+            cpus.max(1),
+        )
+        .map_err(ServerError::Auth)?;
+        Some(a)
+    } else {
+        None
+    };
     let shared = Arc::new(Shared {
+        auth,
         config,
         node,
         cluster,
@@ -218,19 +235,28 @@ pub fn run(config: Config) -> Result<(), ServerError> {
 
 /// SIGTERM / SIGINT set the shutdown flag; each shard's tick notices it.
 fn watch_signals(shared: Arc<Shared>) -> Result<(), ServerError> {
-    use signal_hook::consts::{SIGINT, SIGTERM};
-    let mut signals =
-        signal_hook::iterator::Signals::new([SIGTERM, SIGINT]).map_err(ServerError::Signals)?;
+    use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
+    let mut signals = signal_hook::iterator::Signals::new([SIGTERM, SIGINT, SIGHUP])
+        .map_err(ServerError::Signals)?;
     std::thread::Builder::new()
         .name("signals".into())
         .spawn(move || {
-            if let Some(sig) = signals.forever().next() {
+            for sig in signals.forever() {
+                if sig == SIGHUP {
+                    // Re-read what may change at run time.
+                    match &shared.auth {
+                        Some(a) => a.reload(),
+                        None => tracing::info!("SIGHUP: nothing to reload"),
+                    }
+                    continue;
+                }
                 // The flag first: nothing after it may keep the node up.
                 shared.shutdown.store(true, Ordering::Relaxed);
                 tracing::info!(
                     signal = sig,
                     "shutting down: no new connections, finishing in-flight requests"
                 );
+                return;
             }
         })
         .map_err(ServerError::Signals)?;

@@ -43,6 +43,8 @@ pub enum Endpoint {
     DistroSnapshot,
     DistroChecksum,
     DistroBeats,
+    /// `/nacos/v1/auth/login` and `/nacos/v1/auth/users/login`.
+    AuthLogin,
     /// Known path, wrong method.
     MethodNotAllowed,
     NotFound,
@@ -51,7 +53,7 @@ pub enum Endpoint {
 }
 
 impl Endpoint {
-    pub const ALL: [Endpoint; 28] = [
+    pub const ALL: [Endpoint; 29] = [
         Endpoint::InstanceRegister,
         Endpoint::InstanceDeregister,
         Endpoint::InstanceUpdate,
@@ -77,6 +79,7 @@ impl Endpoint {
         Endpoint::DistroSnapshot,
         Endpoint::DistroChecksum,
         Endpoint::DistroBeats,
+        Endpoint::AuthLogin,
         Endpoint::MethodNotAllowed,
         Endpoint::NotFound,
         Endpoint::Invalid,
@@ -110,10 +113,33 @@ impl Endpoint {
             Endpoint::DistroSnapshot => "distro_snapshot",
             Endpoint::DistroChecksum => "distro_checksum",
             Endpoint::DistroBeats => "distro_beats",
+            Endpoint::AuthLogin => "auth_login",
             Endpoint::MethodNotAllowed => "method_not_allowed",
             Endpoint::NotFound => "not_found",
             Endpoint::Invalid => "invalid",
         }
+    }
+
+    /// Whether a node with `--auth` asks who is calling: every client
+    /// endpoint but health and login (peer endpoints have the cluster
+    /// token; `/metrics` is decided by `--auth-metrics`).
+    pub fn needs_identity(self) -> bool {
+        !matches!(
+            self,
+            Endpoint::Liveness
+                | Endpoint::Readiness
+                | Endpoint::Metrics
+                | Endpoint::AuthLogin
+                | Endpoint::ClusterReport
+                | Endpoint::DistroDatumPut
+                | Endpoint::DistroDatumGet
+                | Endpoint::DistroSnapshot
+                | Endpoint::DistroChecksum
+                | Endpoint::DistroBeats
+                | Endpoint::MethodNotAllowed
+                | Endpoint::NotFound
+                | Endpoint::Invalid
+        )
     }
 
     /// Position in `ALL` (declaration order; the `routes` test checks it).
@@ -176,6 +202,10 @@ pub fn route(method: Method, path: &str) -> Endpoint {
             Put => DistroBeats,
             _ => MethodNotAllowed,
         },
+        "/v1/auth/login" | "/v1/auth/users/login" => match method {
+            Post | Get => AuthLogin,
+            _ => MethodNotAllowed,
+        },
         "/v1/ns/instance/list"
         | "/v1/ns/service/list"
         | "/v1/ns/operator/metrics"
@@ -217,6 +247,8 @@ pub enum Action {
     Metrics,
     /// A peer endpoint (answered by `cluster::peer_api`).
     Peer,
+    /// A login (answered by `auth`).
+    Login,
 }
 
 /// Facts about the node that some answers need.
@@ -229,22 +261,33 @@ pub struct NodeInfo {
 /// Turns a routed request into an action. `peer` is the client's address.
 pub fn handle(endpoint: Endpoint, req: &Request, peer: SocketAddr, node: &NodeInfo) -> Action {
     let params = Params::parse(req.query, req.form_body.then_some(&*req.body));
+    handle_params(endpoint, req, &params, peer, node)
+}
+
+/// `handle`, with the request's parameters already parsed.
+pub fn handle_params(
+    endpoint: Endpoint,
+    req: &Request,
+    params: &Params,
+    peer: SocketAddr,
+    node: &NodeInfo,
+) -> Action {
     let built = match endpoint {
-        Endpoint::InstanceRegister => instance::register(&params),
-        Endpoint::InstanceDeregister => instance::deregister(&params),
-        Endpoint::InstanceUpdate => instance::update(&params, req.user_agent),
-        Endpoint::InstancePatch => instance::patch(&params),
-        Endpoint::InstanceGet => instance::get(&params),
-        Endpoint::InstanceBeat => instance::beat(&params),
-        Endpoint::InstanceList => instance::list(&params, peer),
-        Endpoint::ServiceCreate => service::create(&params),
-        Endpoint::ServiceUpdate => service::update(&params),
-        Endpoint::ServiceDelete => service::delete(&params),
-        Endpoint::ServiceGet => service::get(&params),
-        Endpoint::ServiceList => service::list(&params),
+        Endpoint::InstanceRegister => instance::register(params),
+        Endpoint::InstanceDeregister => instance::deregister(params),
+        Endpoint::InstanceUpdate => instance::update(params, req.user_agent),
+        Endpoint::InstancePatch => instance::patch(params),
+        Endpoint::InstanceGet => instance::get(params),
+        Endpoint::InstanceBeat => instance::beat(params),
+        Endpoint::InstanceList => instance::list(params, peer),
+        Endpoint::ServiceCreate => service::create(params),
+        Endpoint::ServiceUpdate => service::update(params),
+        Endpoint::ServiceDelete => service::delete(params),
+        Endpoint::ServiceGet => service::get(params),
+        Endpoint::ServiceList => service::list(params),
         Endpoint::OperatorMetrics => Ok(Action::OperatorMetrics),
         Endpoint::OperatorServers => Ok(Action::Reply(operator::servers(node))),
-        Endpoint::DistroServer => operator::distro_server(&params, node),
+        Endpoint::DistroServer => operator::distro_server(params, node),
         Endpoint::ClusterNodes => Ok(Action::Reply(operator::cluster_nodes(node))),
         Endpoint::Liveness | Endpoint::Readiness => {
             Ok(Action::Reply(Reply::static_text(200, "OK")))
@@ -256,6 +299,7 @@ pub fn handle(endpoint: Endpoint, req: &Request, peer: SocketAddr, node: &NodeIn
         | Endpoint::DistroSnapshot
         | Endpoint::DistroChecksum
         | Endpoint::DistroBeats => Ok(Action::Peer),
+        Endpoint::AuthLogin => Ok(Action::Login),
         Endpoint::MethodNotAllowed => Ok(Action::Reply(Reply::text(405, "Method Not Allowed"))),
         Endpoint::NotFound | Endpoint::Invalid => Ok(Action::Reply(Reply::not_found("Not Found"))),
     };

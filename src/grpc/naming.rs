@@ -59,6 +59,7 @@ pub struct RequestJson {
     pub page_size: Option<u64>,
     pub labels: Option<Map<String, Value>>,
     pub tenant: Option<String>,
+    pub headers: Option<Map<String, Value>>,
 }
 
 impl RequestJson {
@@ -67,6 +68,15 @@ impl RequestJson {
             return Ok(RequestJson::default());
         }
         serde_json::from_slice(body).map_err(|e| format!("malformed request JSON: {e}"))
+    }
+
+    /// A string of the request's JSON `headers`, if not empty.
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .as_ref()?
+            .get(name)?
+            .as_str()
+            .filter(|v| !v.is_empty())
     }
 
     /// The request id as a string (`""` when absent).

@@ -49,6 +49,9 @@ static NEXT_SERIAL: AtomicU64 = AtomicU64::new(1);
 pub struct Client {
     /// `{millis}_{ip}_{port}`, as Nacos makes it.
     pub id: String,
+    /// Where the connection comes from (failed logins are limited per
+    /// address).
+    pub peer_ip: std::net::IpAddr,
     /// What the store binds this connection's instances to.
     pub lease: Arc<Lease>,
     /// `ConnectionSetupRequest` arrived.
@@ -271,6 +274,7 @@ pub async fn serve(ctx: &Rc<ShardCtx>, stream: TcpStream, peer: SocketAddr) {
     let (eject_tx, mut eject_rx) = oneshot::channel();
     let client = Rc::new(RefCell::new(Client {
         id: format!("{}_{}_{}", now_ms(), peer.ip(), peer.port()),
+        peer_ip: peer.ip(),
         lease: Arc::new(Lease {
             holder: ctx.shared.lease_holder().to_string(),
             boot: ctx.shared.boot_ms,
@@ -479,7 +483,7 @@ async fn unary(
         Err(e) => return trailers_only(respond, GRPC_INVALID_ARGUMENT, &e.to_string()),
     };
     let (kind, json) = match codec::decode(&msg) {
-        Ok(p) => handle(ctx, client, &p.kind, &p.body).await,
+        Ok(p) => handle(ctx, client, &p.kind, &p.body, &p.headers).await,
         Err(e) => (
             "ErrorResponse",
             naming::error("", naming::BAD_GATEWAY, &format!("bad payload: {e}")),
@@ -494,12 +498,61 @@ async fn unary(
     let _ = send.send_trailers(trailers);
 }
 
+/// `--auth` on a naming request: the `accessToken` of the request's
+/// metadata headers (or of its JSON `headers`, where a client puts it),
+/// checked by the rules of the HTTP API.
+async fn authorize(
+    ctx: &Rc<ShardCtx>,
+    auth: &crate::auth::Auth,
+    headers: &[(String, String)],
+    r: &RequestJson,
+    what: &Naming,
+    from: std::net::IpAddr,
+) -> Result<(), crate::reply::Reply> {
+    use crate::auth::{users::resource, Action, Credentials};
+    let header = |name: &str| {
+        headers
+            .iter()
+            .find(|(k, v)| k == name && !v.is_empty())
+            .map(|(_, v)| v.as_str())
+            .or_else(|| r.header(name))
+    };
+    let creds = Credentials {
+        token: header("accessToken"),
+        username: header("username"),
+        password: header("password"),
+    };
+    let name = auth
+        .identify(&ctx.auth_cache, &creds, from)
+        .await
+        .map_err(|e| e.reply(None))?;
+    let (res, act) = match what {
+        Naming::Publish { svc, .. } => (
+            resource(svc.namespace(), svc.group(), svc.name()),
+            Action::Write,
+        ),
+        Naming::Persistent { op, .. } => {
+            let s = op.service();
+            (resource(s.namespace(), s.group(), s.name()), Action::Write)
+        }
+        Naming::Query { svc, .. } => (
+            resource(svc.namespace(), svc.group(), svc.name()),
+            Action::Read,
+        ),
+        Naming::ServiceList {
+            namespace, group, ..
+        } => (resource(namespace, group, "*"), Action::Read),
+    };
+    auth.permit(&name, &res, act)
+}
+
 /// One unary request: (response type, JSON body).
 async fn handle(
     ctx: &Rc<ShardCtx>,
     client: &Rc<RefCell<Client>>,
     kind: &str,
     body: &[u8],
+    headers: &[(String, String)],
 ) -> (&'static str, Vec<u8>) {
     client.borrow_mut().heard(now_ms());
     ctx.stats().grpc_requests.fetch_add(1, Ordering::Relaxed);
@@ -542,6 +595,12 @@ async fn handle(
             naming::BAD_REQUEST,
             &format!("Client [{id}] connection has no naming client (module=naming in its setup)"),
         );
+    }
+    if let Some(auth) = &ctx.shared.auth {
+        let peer_ip = client.borrow().peer_ip;
+        if let Err(denied) = authorize(ctx, auth, headers, &r, &what, peer_ip).await {
+            return refused(&denied);
+        }
     }
     match what {
         Naming::Publish {

@@ -63,6 +63,9 @@ pub struct Request<'a> {
     /// Marked as a write a peer forwarded to this node (trusted only with
     /// the token).
     pub forwarded: bool,
+    /// A client's access token from `Authorization: Bearer <token>`, else
+    /// from an `accessToken` header (checked only with `--auth`).
+    pub access_token: Option<&'a str>,
 }
 
 /// What `parse` found.
@@ -131,6 +134,8 @@ pub fn parse(buf: &[u8], limits: Limits) -> Parsed<'_> {
     let mut user_agent = "";
     let mut token = None;
     let mut forwarded = false;
+    let mut bearer = None;
+    let mut token_header = None;
     for h in req.headers.iter() {
         let name = h.name;
         if name.eq_ignore_ascii_case("content-length") {
@@ -167,6 +172,17 @@ pub fn parse(buf: &[u8], limits: Limits) -> Parsed<'_> {
             token = Some(h.value);
         } else if name.eq_ignore_ascii_case(FORWARDED_HEADER) {
             forwarded = true;
+        } else if name.eq_ignore_ascii_case("authorization") {
+            bearer = std::str::from_utf8(h.value)
+                .ok()
+                .and_then(|v| v.trim().strip_prefix("Bearer "))
+                .map(str::trim)
+                .filter(|t| !t.is_empty());
+        } else if name.eq_ignore_ascii_case("accesstoken") {
+            token_header = std::str::from_utf8(h.value)
+                .ok()
+                .map(str::trim)
+                .filter(|t| !t.is_empty());
         }
     }
     if chunked && content_length.is_some() {
@@ -206,6 +222,7 @@ pub fn parse(buf: &[u8], limits: Limits) -> Parsed<'_> {
         user_agent,
         token,
         forwarded,
+        access_token: bearer.or(token_header),
     };
     Parsed::Complete(request, head_len + body_len)
 }

@@ -15,6 +15,7 @@ use monoio::net::{TcpListener, TcpStream};
 use super::router::shard_of;
 use super::{now_ms, ShardCtx, ShardMsg};
 use crate::api::{self, Action, Endpoint};
+use crate::http::params::Params;
 use crate::http::request::{self, Parsed};
 use crate::http::response;
 use crate::reply::Reply;
@@ -212,10 +213,71 @@ async fn dispatch(
     req: &request::Request<'_>,
     peer: SocketAddr,
 ) -> Reply {
+    let params = Params::parse(req.query, req.form_body.then_some(&*req.body));
+    // A write a peer forwarded was authorized by the node that received it.
+    let forwarded_by_peer = req.forwarded
+        && ctx
+            .shared
+            .cluster
+            .as_ref()
+            .is_some_and(|cl| cl.authorized(req.token));
+    let mut caller = None;
+    if let Some(auth) = &ctx.shared.auth {
+        let guarded =
+            endpoint.needs_identity() || (endpoint == Endpoint::Metrics && auth.guard_metrics);
+        if guarded && !forwarded_by_peer {
+            let creds = crate::auth::Credentials {
+                token: req.access_token.or(params.get("accessToken")),
+                username: params.get("username"),
+                password: params.get("password"),
+            };
+            match auth.identify(&ctx.auth_cache, &creds, peer.ip()).await {
+                Ok(name) => caller = Some(name),
+                Err(r) => return r.reply(None),
+            }
+        }
+    }
     if let Some(r) = crate::cluster::peer_api::views(ctx, endpoint, req) {
         return r;
     }
-    match api::handle(endpoint, req, peer, &ctx.shared.node) {
+    let action = api::handle_params(endpoint, req, &params, peer, &ctx.shared.node);
+    if let (Some(auth), Some(name)) = (&ctx.shared.auth, &caller) {
+        let wanted = match &action {
+            Action::Op(op, _) => {
+                let s = op.service();
+                Some((
+                    crate::auth::users::resource(s.namespace(), s.group(), s.name()),
+                    op.auth_action(),
+                ))
+            }
+            Action::ServiceList {
+                namespace, group, ..
+            } => Some((
+                crate::auth::users::resource(namespace, group, "*"),
+                crate::auth::Action::Read,
+            )),
+            _ => None,
+        };
+        if let Some((resource, act)) = wanted {
+            if let Err(r) = auth.permit(name, &resource, act) {
+                return r;
+            }
+        }
+    }
+    match action {
+        Action::Login => {
+            let (u, p) = (params.get("username"), params.get("password"));
+            match &ctx.shared.auth {
+                Some(auth) => auth.login(&ctx.auth_cache, u, p, peer.ip()).await,
+                // Auth off: every request is let in; a client set up with a
+                // user logs in and sends an empty token.
+                None => Reply::json_value(&serde_json::json!({
+                    "accessToken": "",
+                    "tokenTtl": ctx.shared.config.auth_token_ttl_s,
+                    "globalAdmin": false,
+                })),
+            }
+        }
         Action::Reply(r) => r,
         Action::Peer => crate::cluster::peer_api::handle(ctx, endpoint, req).await,
         Action::Op(op, subscription) => {
@@ -269,6 +331,9 @@ async fn dispatch(
                     .map(|s| s.instances.load(Ordering::Relaxed))
                     .sum();
                 crate::metrics::render_store(&mut page, &d.stats, instances);
+            }
+            if let Some(a) = &ctx.shared.auth {
+                crate::metrics::render_auth(&mut page, &a.stats);
             }
             let mut r = Reply::text(200, page);
             r.kind = crate::reply::Body::Metrics;

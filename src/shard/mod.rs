@@ -160,6 +160,8 @@ pub struct Shared {
     pub boot_ms: u64,
     /// The store on disk; None with `--data-dir none`.
     pub disk: Option<crate::disk::DiskHandle>,
+    /// Client authentication; None without `--auth`.
+    pub auth: Option<crate::auth::Auth>,
 }
 
 impl Shared {
@@ -192,6 +194,8 @@ pub struct ShardCtx {
     /// The view slots of other shards' services read through this shard
     /// (at most one per service; a dead one is dropped by the tick).
     pub views: RefCell<crate::store::Map<Box<str>, Arc<ViewSlot>>>,
+    /// Credentials this shard verified (`--auth`).
+    pub auth_cache: RefCell<crate::auth::AuthCache>,
 }
 
 impl ShardCtx {
@@ -540,6 +544,7 @@ async fn shard_main(
         }),
         mail: Mail::new(shared.inboxes.len()),
         views: RefCell::new(crate::store::Map::default()),
+        auth_cache: RefCell::new(crate::auth::AuthCache::default()),
         inbox: rx,
         shared: shared.clone(),
     });

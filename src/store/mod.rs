@@ -108,6 +108,17 @@ impl Op {
         )
     }
 
+    /// What `--auth` checks this command for: reads need `r`; writes and
+    /// beats need `w`.
+    pub fn auth_action(&self) -> crate::auth::Action {
+        match self {
+            Op::List { .. } | Op::GetInstance { .. } | Op::GetService { .. } => {
+                crate::auth::Action::Read
+            }
+            _ => crate::auth::Action::Write,
+        }
+    }
+
     pub fn service(&self) -> &ServiceId {
         match self {
             Op::Register { svc, .. }
