@@ -2,6 +2,8 @@
 //! loopback port and talks HTTP to it over plain `std` sockets.
 #![allow(dead_code)]
 
+pub mod auth;
+
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::process::{Child, Command, Stdio};
@@ -76,9 +78,20 @@ impl Node {
         let mut early_log = Vec::new();
         loop {
             let left = deadline.saturating_duration_since(Instant::now());
-            let line = rx
-                .recv_timeout(left)
-                .expect("node did not say it was listening");
+            let line = match rx.recv_timeout(left) {
+                Ok(line) => line,
+                Err(e) => {
+                    // Say why: what the node logged and how it ended.
+                    let status = match e {
+                        mpsc::RecvTimeoutError::Disconnected => child.wait().map(Some),
+                        mpsc::RecvTimeoutError::Timeout => child.try_wait(),
+                    };
+                    panic!(
+                        "node did not say it was listening ({e}); exit: {status:?}; it logged:\n{}",
+                        early_log.join("\n")
+                    );
+                }
+            };
             early_log.push(line.clone());
             if let Some(rest) = line.split("listening on ").nth(1) {
                 let addr = rest.split_whitespace().next().unwrap().parse().unwrap();
