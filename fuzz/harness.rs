@@ -394,3 +394,72 @@ pub fn grpc_payload(data: &[u8]) {
         }
     }
 }
+
+/// The key of the `access_token` target's signer (its seed tokens are
+/// signed with it: `fuzz/corpus/access_token/`).
+const TOKEN_KEY: [u8; 32] = *b"distro-registry-fuzz-token-key!!";
+
+/// `now` of the token checks, in seconds.
+const TOKEN_NOW_S: u64 = 1_700_000_000;
+
+/// An access token as a client sends it (`Authorization: Bearer`, the
+/// `accessToken` parameter or gRPC header). The node issues tokens only
+/// with `Signer::issue`, so whatever the parser accepts must be exactly a
+/// token it issued, for a user and an expiry after now; and a token made
+/// from the input's own bytes round-trips, expires at its `exp`, and
+/// stops verifying when any one byte of it changes.
+pub fn access_token(data: &[u8]) {
+    use distro_registry::auth::token::{Signer, TokenError};
+    let signer = Signer::from_key(&TOKEN_KEY);
+    let text = String::from_utf8_lossy(data);
+    match signer.verify(&text, TOKEN_NOW_S) {
+        Ok(c) => {
+            assert!(c.exp > TOKEN_NOW_S, "accepted an expired token");
+            assert_eq!(
+                signer.issue(&c.sub, c.exp),
+                text,
+                "accepted a token the node did not issue"
+            );
+        }
+        Err(TokenError::Expired) => {
+            // Only a token of ours can be found expired.
+            let parts: Vec<&str> = text.split('.').collect();
+            assert_eq!(parts.len(), 3, "expired but not a JWT: {text}");
+        }
+        Err(_) => {}
+    }
+    // A token for the input read as (exp, user).
+    if data.len() >= 8 {
+        let exp = u64::from_le_bytes(data[..8].try_into().expect("8 bytes")) % (1 << 40);
+        let user = String::from_utf8_lossy(&data[8..]);
+        let t = signer.issue(&user, exp);
+        if t.len() > distro_registry::auth::token::TOKEN_BYTES_MAX {
+            assert!(
+                signer.verify(&t, 0).is_err(),
+                "a token over the limit verified"
+            );
+            return;
+        }
+        if exp > TOKEN_NOW_S {
+            let c = signer
+                .verify(&t, TOKEN_NOW_S)
+                .expect("a fresh token verifies");
+            assert_eq!((c.sub.as_str(), c.exp), (&*user, exp));
+        }
+        assert_eq!(signer.verify(&t, exp), Err(TokenError::Expired));
+        // One byte changed, at a place the input picks: refused.
+        let mut bytes = t.clone().into_bytes();
+        let at = data[0] as usize * 7 % bytes.len();
+        bytes[at] = if bytes[at] == b'A' { b'B' } else { b'A' };
+        let changed = String::from_utf8(bytes).expect("ASCII token");
+        if exp > 0 {
+            assert!(
+                signer.verify(&changed, exp - 1).is_err(),
+                "a token with byte {at} changed verified: {changed}"
+            );
+        }
+        // Another secret never accepts it.
+        let other = Signer::from_key(&[0u8; 32]);
+        assert!(other.verify(&t, 0).is_err());
+    }
+}

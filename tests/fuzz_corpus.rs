@@ -63,3 +63,19 @@ fn datum_batch_corpus() {
 fn grpc_payload_corpus() {
     replay("grpc_payload", harness::grpc_payload);
 }
+
+#[test]
+fn access_token_corpus() {
+    replay("access_token", harness::access_token);
+    // The "valid" seed is a token of the harness's signer, or the target
+    // would never reach its accepting branch.
+    let seed =
+        std::fs::read(Path::new(env!("CARGO_MANIFEST_DIR")).join("fuzz/corpus/access_token/valid"))
+            .expect("seed");
+    let signer =
+        distro_registry::auth::token::Signer::from_key(b"distro-registry-fuzz-token-key!!");
+    let c = signer
+        .verify(std::str::from_utf8(&seed).unwrap(), 1_700_000_000)
+        .expect("the valid seed verifies");
+    assert_eq!((c.sub.as_str(), c.exp), ("nacos", 1_800_000_000));
+}

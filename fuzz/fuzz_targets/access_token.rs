@@ -1,0 +1,8 @@
+//! libFuzzer target; the body is `harness::access_token` (fuzz/harness.rs).
+#![no_main]
+
+#[path = "../harness.rs"]
+#[allow(dead_code)]
+mod harness;
+
+libfuzzer_sys::fuzz_target!(|data: &[u8]| harness::access_token(data));
