@@ -368,3 +368,49 @@ def test_a_stream_that_never_answers_a_probe_ends_with_a_non_ok_status():
         ch.close()
     finally:
         n.stop()
+
+
+def test_with_auth_the_grpc_client_logs_in_and_its_token_is_checked():
+    """--auth: the 2.x client logs in over HTTP and sends its token in each
+    gRPC request's metadata; a reader may list but not register."""
+    import tempfile
+    from v2.nacos import ClientConfigBuilder, GRPCConfig, NacosNamingService, \
+        RegisterInstanceParam, ListInstanceParam
+    from conftest import BIN
+
+    def bcrypt(pw):
+        return subprocess.run([BIN, "hash-password"], input=pw + "\n", capture_output=True,
+                              text=True, check=True).stdout.strip()
+    fd, path = tempfile.mkstemp(suffix=".toml", prefix="dr-users-v2-")
+    with os.fdopen(fd, "w") as f:
+        f.write(f'[[users]]\nusername = "nacos"\npassword_hash = "{bcrypt("nacos-pw")}"\nroles = ["ROLE_ADMIN"]\n\n'
+                f'[[users]]\nusername = "reader"\npassword_hash = "{bcrypt("reader-pw")}"\nroles = ["r"]\n\n'
+                '[[roles]]\nname = "r"\npermissions = [{ resource = "*:*:naming/*", action = "r" }]\n')
+    n = Node("--cores", "2", "--auth", "--auth-secret", "MDEyMzQ1Njc4OWFiY2RlZjAxMjM0NTY3ODlhYmNkZWY=",
+             "--auth-users", path)
+
+    def config(user, pw):
+        return (ClientConfigBuilder().server_address(f"127.0.0.1:{n.port}").namespace_id("")
+                .username(user).password(pw).log_level("WARNING")
+                .grpc_config(GRPCConfig(grpc_timeout=5000, port_offset=n.grpc_port - n.port)).build())
+
+    async def go():
+        admin = await NacosNamingService.create_naming_service(config("nacos", "nacos-pw"))
+        assert await admin.register_instance(RegisterInstanceParam(service_name="orders", ip="10.0.0.5", port=8080))
+        reader = await NacosNamingService.create_naming_service(config("reader", "reader-pw"))
+        listed = await reader.list_instances(ListInstanceParam(service_name="orders", healthy_only=None, subscribe=False))
+        assert [(i.ip, i.port) for i in listed] == [("10.0.0.5", 8080)]
+        with pytest.raises(Exception) as e:
+            await reader.register_instance(RegisterInstanceParam(service_name="orders", ip="10.0.0.6", port=8080))
+        await admin.shutdown()
+        await reader.shutdown()
+        return str(e.value)
+    try:
+        err = run(go())
+        assert "403" in err or "authorization failed" in err, err
+        refused = [line for line in n.http("/metrics").splitlines()
+                   if line.startswith('registry_auth_refusals_total{reason="forbidden"}')]
+        assert refused and int(refused[0].split()[1]) >= 1, refused
+    finally:
+        n.stop()
+        os.unlink(path)
