@@ -30,11 +30,26 @@ const FAST: [&str; 12] = [
     "2",
 ];
 
-fn free_ports(n: usize) -> Vec<u16> {
-    let ls: Vec<std::net::TcpListener> = (0..n)
-        .map(|_| std::net::TcpListener::bind("127.0.0.1:0").unwrap())
-        .collect();
-    ls.iter().map(|l| l.local_addr().unwrap().port()).collect()
+/// `n` free ports, each held by a socket bound with SO_REUSEADDR and
+/// SO_REUSEPORT that never listens: a node binds beside it, and while the
+/// cluster lives no connect() anywhere takes the port as its source port
+/// (a node killed and started again found its port in use, CI 2026-12-03).
+fn reserved_ports(n: usize) -> Vec<socket2::Socket> {
+    use socket2::{Domain, Protocol, Socket, Type};
+    (0..n)
+        .map(|_| {
+            let s = Socket::new(Domain::IPV4, Type::STREAM, Some(Protocol::TCP)).unwrap();
+            s.set_reuse_address(true).unwrap();
+            s.set_reuse_port(true).unwrap();
+            let any: std::net::SocketAddr = "127.0.0.1:0".parse().unwrap();
+            s.bind(&any.into()).unwrap();
+            s
+        })
+        .collect()
+}
+
+fn port_of(s: &socket2::Socket) -> u16 {
+    s.local_addr().unwrap().as_socket().unwrap().port()
 }
 
 struct Cluster {
@@ -43,20 +58,24 @@ struct Cluster {
     extra: Vec<String>,
     /// Each node's data directory is `data/node-i`; None: --data-dir none.
     data: Option<std::path::PathBuf>,
+    /// Holds the members' ports (see `reserved_ports`).
+    _ports: Vec<socket2::Socket>,
 }
 
 impl Cluster {
     /// Three members; `start` says which to start now.
     fn new(start: &[usize], extra: &[&str]) -> Cluster {
-        let addrs: Vec<String> = free_ports(3)
-            .into_iter()
-            .map(|p| format!("127.0.0.1:{p}"))
+        let ports = reserved_ports(3);
+        let addrs: Vec<String> = ports
+            .iter()
+            .map(|p| format!("127.0.0.1:{}", port_of(p)))
             .collect();
         let mut c = Cluster {
             addrs,
             nodes: vec![None, None, None],
             extra: extra.iter().map(|s| s.to_string()).collect(),
             data: None,
+            _ports: ports,
         };
         for &i in start {
             c.start(i);
@@ -734,7 +753,8 @@ fn beats_through_other_nodes_are_relayed_and_keep_the_owners_instances_healthy()
 
 #[test]
 fn members_can_come_from_a_cluster_conf_file() {
-    let ports = free_ports(2);
+    let held = reserved_ports(2);
+    let ports: Vec<u16> = held.iter().map(port_of).collect();
     let me = format!("127.0.0.1:{}", ports[0]);
     let conf = std::env::temp_dir().join(format!("dr-cluster-{}.conf", std::process::id()));
     std::fs::write(
@@ -783,8 +803,11 @@ fn members_can_come_from_a_cluster_conf_file() {
 
 #[test]
 fn a_cluster_token_mismatch_is_logged_and_shown_in_the_member_state() {
-    let ports = free_ports(2);
-    let addrs: Vec<String> = ports.iter().map(|p| format!("127.0.0.1:{p}")).collect();
+    let held = reserved_ports(2);
+    let addrs: Vec<String> = held
+        .iter()
+        .map(|p| format!("127.0.0.1:{}", port_of(p)))
+        .collect();
     let start = |i: usize, token: &str| {
         let mut a: Vec<String> = vec![
             "--bind".into(),
