@@ -7,7 +7,7 @@ mod common;
 use std::time::Duration;
 
 use common::auth::{login, token, users_toml, UsersFile, SECRET};
-use common::{eventually, unsafe_kill, Node, Resp};
+use common::{eventually, port_of, reserved_ports, unsafe_kill, Node, Resp};
 use distro_registry::distro::hash::owner_index;
 
 const USERS: &[(&str, &str, &[&str])] = &[
@@ -61,18 +61,9 @@ fn hosts(r: &Resp) -> Vec<String> {
 }
 
 fn refusals(n: &Node, reason: &str) -> f64 {
-    labelled(
-        n,
-        &format!("registry_auth_refusals_total{{reason=\"{reason}\"}}"),
-    )
-}
-
-fn labelled(n: &Node, series: &str) -> f64 {
-    let page = n.get("/metrics").body;
-    page.lines()
-        .find_map(|l| l.strip_prefix(&format!("{series} ")))
-        .map(|v| v.trim().parse().unwrap())
-        .unwrap_or_else(|| panic!("no series {series} in\n{page}"))
+    n.metric(&format!(
+        "registry_auth_refusals_total{{reason=\"{reason}\"}}"
+    ))
 }
 
 #[test]
@@ -130,14 +121,9 @@ fn login_answers_a_token_that_every_client_api_accepts_in_each_place() {
     );
 
     // The token cache was used: later requests with the same token hit it.
-    assert!(
-        labelled(
-            &n,
-            "registry_auth_cache_total{kind=\"token\",result=\"hit\"}"
-        ) >= 1.0
-    );
-    assert!(labelled(&n, "registry_auth_logins_total{result=\"ok\"}") >= 3.0);
-    assert!(labelled(&n, "registry_auth_logins_total{result=\"failed\"}") >= 3.0);
+    assert!(n.metric("registry_auth_cache_total{kind=\"token\",result=\"hit\"}") >= 1.0);
+    assert!(n.metric("registry_auth_logins_total{result=\"ok\"}") >= 3.0);
+    assert!(n.metric("registry_auth_logins_total{result=\"failed\"}") >= 3.0);
 }
 
 #[test]
@@ -302,18 +288,14 @@ fn sighup_reloads_the_users_file_and_a_bad_file_keeps_the_old_users() {
             == 200),
         "the added user can log in after SIGHUP"
     );
-    assert_eq!(
-        labelled(&n, "registry_auth_reloads_total{result=\"ok\"}"),
-        1.0
-    );
+    assert_eq!(n.metric("registry_auth_reloads_total{result=\"ok\"}"), 1.0);
 
     // A file that does not parse: refused, the users stay as they were.
     file.write("[[users]]\nusername = \"x\"\npassword_hash = \"not bcrypt\"\n");
     unsafe_kill(n.child.id(), "HUP");
-    assert!(eventually(Duration::from_secs(5), || labelled(
-        &n,
-        "registry_auth_reloads_total{result=\"refused\"}"
-    ) == 1.0));
+    assert!(eventually(Duration::from_secs(5), || n
+        .metric("registry_auth_reloads_total{result=\"refused\"}")
+        == 1.0));
     assert_eq!(login(&n, "reader", "reader-pw").status, 200);
     let creds = format!("&accessToken={admin}");
     assert_eq!(register_q(&n, "svc", "10.0.0.1", &creds).status, 200);
@@ -449,15 +431,13 @@ fn with_auth_off_login_answers_and_nothing_is_checked() {
 }
 
 /// Three clustered nodes with `--auth`, the same secret and users file.
-fn auth_cluster(file: &UsersFile) -> (Vec<String>, Vec<Node>) {
-    let ls: Vec<std::net::TcpListener> = (0..3)
-        .map(|_| std::net::TcpListener::bind("127.0.0.1:0").unwrap())
-        .collect();
-    let addrs: Vec<String> = ls
+/// The sockets holding the members' ports come back with them.
+fn auth_cluster(file: &UsersFile) -> (Vec<String>, Vec<Node>, Vec<socket2::Socket>) {
+    let held = reserved_ports(3);
+    let addrs: Vec<String> = held
         .iter()
-        .map(|l| l.local_addr().unwrap().to_string())
+        .map(|p| format!("127.0.0.1:{}", port_of(p)))
         .collect();
-    drop(ls);
     let nodes = addrs
         .iter()
         .map(|a| {
@@ -482,13 +462,13 @@ fn auth_cluster(file: &UsersFile) -> (Vec<String>, Vec<Node>) {
             Node::start_raw(&args)
         })
         .collect();
-    (addrs, nodes)
+    (addrs, nodes, held)
 }
 
 #[test]
 fn a_token_from_one_node_is_accepted_by_every_node_of_a_cluster() {
     let file = UsersFile::new("cluster", &users_toml(USERS, ROLES));
-    let (addrs, nodes) = auth_cluster(&file);
+    let (addrs, nodes, _held) = auth_cluster(&file);
     let admin = format!("&accessToken={}", token(&nodes[0], "nacos", "nacos-pw"));
     let reader = format!("&accessToken={}", token(&nodes[2], "reader", "reader-pw"));
     for (i, n) in nodes.iter().enumerate() {

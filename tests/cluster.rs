@@ -7,7 +7,7 @@ mod common;
 use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 
-use common::{eventually, unsafe_kill, Node, Resp};
+use common::{eventually, port_of, reserved_ports, unsafe_kill, Node, Resp};
 use distro_registry::distro::hash::owner_index;
 
 const TOKEN: &str = "test-cluster-token";
@@ -29,28 +29,6 @@ const FAST: [&str; 12] = [
     "--cores",
     "2",
 ];
-
-/// `n` free ports, each held by a socket bound with SO_REUSEADDR and
-/// SO_REUSEPORT that never listens: a node binds beside it, and while the
-/// cluster lives no connect() anywhere takes the port as its source port
-/// (a node killed and started again found its port in use, CI 2026-12-03).
-fn reserved_ports(n: usize) -> Vec<socket2::Socket> {
-    use socket2::{Domain, Protocol, Socket, Type};
-    (0..n)
-        .map(|_| {
-            let s = Socket::new(Domain::IPV4, Type::STREAM, Some(Protocol::TCP)).unwrap();
-            s.set_reuse_address(true).unwrap();
-            s.set_reuse_port(true).unwrap();
-            let any: std::net::SocketAddr = "127.0.0.1:0".parse().unwrap();
-            s.bind(&any.into()).unwrap();
-            s
-        })
-        .collect()
-}
-
-fn port_of(s: &socket2::Socket) -> u16 {
-    s.local_addr().unwrap().as_socket().unwrap().port()
-}
 
 struct Cluster {
     addrs: Vec<String>,
