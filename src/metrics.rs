@@ -613,3 +613,62 @@ pub fn render_auth(out: &mut String, a: &crate::auth::AuthStats) {
         [("ok", &a.reloads), ("refused", &a.reload_errors)],
     );
 }
+
+/// A clustered node's member list (issue 14): members by state, the
+/// list's version and change time, reloads of `--cluster-conf` by result.
+pub fn render_cluster(out: &mut String, c: &crate::cluster::ClusterShared) {
+    use crate::distro::members::State;
+    let o = out;
+    let (counts, version, changed) = c.with_members(|m| {
+        let n = |s: State| m.members().iter().filter(|x| x.state == s).count();
+        (
+            [
+                ("UP", n(State::Up)),
+                ("SUSPICIOUS", n(State::Suspicious)),
+                ("DOWN", n(State::Down)),
+            ],
+            m.list_version(),
+            m.list_changed_ms(),
+        )
+    });
+    family(
+        o,
+        "registry_cluster_members",
+        "gauge",
+        "Members of the member list (this node included), by state.",
+    );
+    for (state, n) in counts {
+        let _ = writeln!(o, "registry_cluster_members{{state=\"{state}\"}} {n}");
+    }
+    family(
+        o,
+        "registry_cluster_member_list_version",
+        "gauge",
+        "Version of the member list: 1 at start, one more for each change applied.",
+    );
+    let _ = writeln!(o, "registry_cluster_member_list_version {version}");
+    family(
+        o,
+        "registry_cluster_member_list_changed_ms",
+        "gauge",
+        "Unix time (ms) of the last member-list change; 0: none since start.",
+    );
+    let _ = writeln!(o, "registry_cluster_member_list_changed_ms {changed}");
+    family(
+        o,
+        "registry_cluster_member_list_reloads_total",
+        "counter",
+        "Reads of --cluster-conf (on change or SIGHUP), by result.",
+    );
+    for (result, n) in [
+        ("applied", &c.reloads.applied),
+        ("unchanged", &c.reloads.unchanged),
+        ("refused", &c.reloads.refused),
+    ] {
+        let _ = writeln!(
+            o,
+            "registry_cluster_member_list_reloads_total{{result=\"{result}\"}} {}",
+            n.load(Relaxed)
+        );
+    }
+}

@@ -141,7 +141,18 @@ pub fn run(config: Config) -> Result<(), ServerError> {
     let cluster = match config.cluster_members().map_err(ServerError::Config)? {
         Some((me, members)) => {
             tracing::info!(me = %me, ?members, "clustered node");
-            Some(ClusterShared::new(&me, &members, &config.cluster_token))
+            if let Some((a, b)) = crate::distro::hlc::colliding_ids(&members) {
+                return Err(ServerError::Config(crate::config::ConfigError::Invalid(
+                    format!(
+                        "members {a} and {b} would have the same node id; give one another address"
+                    ),
+                )));
+            }
+            let mut c = ClusterShared::new(&me, &members, &config.cluster_token);
+            if !config.cluster_conf.trim().is_empty() {
+                c.set_conf(PathBuf::from(config.cluster_conf.trim()));
+            }
+            Some(c)
         }
         None => None,
     };
@@ -171,6 +182,7 @@ pub fn run(config: Config) -> Result<(), ServerError> {
         disk,
     });
     watch_signals(shared.clone())?;
+    crate::cluster::watch_conf(shared.clone()).map_err(ServerError::Thread)?;
     let mut threads = Vec::with_capacity(cores);
     let mut restore_tx = Vec::with_capacity(cores);
     let (restored_tx, restored_rx) = crossbeam_channel::bounded(cores);
@@ -244,9 +256,14 @@ fn watch_signals(shared: Arc<Shared>) -> Result<(), ServerError> {
             for sig in signals.forever() {
                 if sig == SIGHUP {
                     // Re-read what may change at run time.
-                    match &shared.auth {
-                        Some(a) => a.reload(),
-                        None => tracing::info!("SIGHUP: nothing to reload"),
+                    if let Some(a) = &shared.auth {
+                        a.reload();
+                    }
+                    if let Some(c) = &shared.cluster {
+                        c.reload_conf(true, crate::shard::now_ms());
+                    }
+                    if shared.auth.is_none() && shared.cluster.is_none() {
+                        tracing::info!("SIGHUP: nothing to reload");
                     }
                     continue;
                 }

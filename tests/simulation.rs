@@ -25,6 +25,7 @@ use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::sync::Arc;
 
 use distro_registry::distro::hash::owner_index;
+use distro_registry::distro::hlc::{node_id, writer_id};
 use distro_registry::distro::leases::{HolderWatch, LEASE_HOLDER_GRACE_MS};
 use distro_registry::distro::members::{Membership, ReportOutcome};
 use distro_registry::distro::startup::{self, Answer, Decision};
@@ -62,6 +63,17 @@ const GRPC_CLIENTS: usize = 12;
 /// A gRPC client whose node died reconnects to another after this long
 /// (the real clients' redo: 1 to 3 s).
 const RECONNECT_MS: u64 = 2_000;
+/// Addresses beyond the starting members that membership changes may add.
+const SPARE_NODES: usize = 2;
+/// Chance per step of a membership change (a member added or removed).
+const MEMBER_CHANGE: f64 = 0.002;
+/// The nodes apply a new member list within this long of each other (an
+/// operator copying the file node by node).
+const APPLY_SPREAD_MS: u64 = 6_000;
+/// No membership change starts later than this before the churn ends.
+const MEMBER_CHANGE_END_MS: u64 = 15_000;
+/// The fewest members a removal leaves.
+const MEMBERS_MIN: usize = 2;
 
 fn timeouts() -> Timeouts {
     Timeouts::default()
@@ -114,9 +126,9 @@ struct Node {
 }
 
 impl Node {
-    fn fresh(addr: &str, all: &[String], writer: u32, skew: i64, now: u64) -> Node {
+    fn fresh(addr: &str, all: &[String], bugs: Bugs, skew: i64, now: u64) -> Node {
         let mut store = Store::new(timeouts(), STEP_MS, now);
-        store.set_writer(writer);
+        store.set_writer(writer_of(addr));
         let members = Membership::new(addr, all);
         Node {
             addr: addr.to_string(),
@@ -131,7 +143,7 @@ impl Node {
             next_report: now + REPORT_MS,
             next_verify: now + VERIFY_MS,
             started: now,
-            bugs: Bugs::default(),
+            bugs,
             holders: HolderWatch::default(),
             serial: 0,
             disk: MemoryRows::default(),
@@ -143,14 +155,12 @@ impl Node {
     fn from_disk(
         addr: &str,
         all: &[String],
-        writer: u32,
         skew: i64,
         now: u64,
         disk: MemoryRows,
         bugs: Bugs,
     ) -> Node {
-        let mut n = Node::fresh(addr, all, writer, skew, now);
-        n.bugs = bugs;
+        let mut n = Node::fresh(addr, all, bugs, skew, now);
         let wall = n.clock(now);
         for saved in disk.saved() {
             let d = saved.into_datum().expect("the simulation's rows decode");
@@ -204,17 +214,21 @@ impl Node {
     /// The lease policy of `src/cluster/shard.rs`: retire the records of
     /// gone holders and of this node's earlier incarnations; replicate
     /// what only this node knows.
-    fn leases(&mut self, all: &[String], t: u64) {
+    fn leases(&mut self, t: u64) {
         if self.bugs.leftovers_kept {
             return;
         }
         let now = self.clock(t);
-        self.holders.observe(all, &self.healthy, now);
+        let all = self.member_list();
+        self.holders.observe(&all, &self.healthy, now);
+        let mut gone = self.holders.gone(now, LEASE_HOLDER_GRACE_MS);
+        if self.bugs.removed_holders_forgotten {
+            gone.retain(|g| all.contains(g));
+        }
         let policy = LeasePolicy {
             me: self.addr.clone(),
             boot: self.started,
-            members: all.to_vec(),
-            gone: self.holders.gone(now, LEASE_HOLDER_GRACE_MS),
+            gone,
         };
         let retired = self.store.set_lease_policy(policy, now);
         if self.bugs.retire_with_new_version {
@@ -264,6 +278,15 @@ impl Node {
             }
         }
         self.store.merge(d, now);
+    }
+
+    /// The members in this node's list, itself included.
+    fn member_list(&self) -> Vec<String> {
+        self.members
+            .members()
+            .iter()
+            .map(|m| m.address.clone())
+            .collect()
     }
 
     fn clock(&self, t: u64) -> u64 {
@@ -318,6 +341,11 @@ impl Node {
             self.tasks.forget_peer(gone);
         }
     }
+}
+
+/// A node's writer id, from its address (`hlc::node_id`).
+fn writer_of(addr: &str) -> u64 {
+    writer_id(node_id(addr).expect("an ip:port"), 0)
 }
 
 enum Msg {
@@ -393,6 +421,9 @@ struct Bugs {
     retire_with_new_version: bool,
     /// A restarted node merges everything it restored, confirmed or not.
     no_hold_back: bool,
+    /// A member removed from the list is forgotten by the lease watch (as
+    /// before issue 14), so the connections it held never count as gone.
+    removed_holders_forgotten: bool,
 }
 
 struct Sim {
@@ -403,7 +434,19 @@ struct Sim {
     disk_rng: fastrand::Rng,
     t: u64,
     nodes: Vec<Node>,
+    /// Every address a node may have, the spares included.
     all: Vec<String>,
+    /// The current member list (what the operator's file says); nodes
+    /// apply it at different times (`pending_lists`).
+    official: Vec<String>,
+    /// Nodes in `official`: started, and restarted after a crash.
+    in_cluster: Vec<bool>,
+    /// (when, node, list): a member list a node applies later.
+    pending_lists: Vec<(u64, usize, Vec<String>)>,
+    /// Membership decisions and the spares' skews: a stream of their own.
+    member_rng: fastrand::Rng,
+    /// Membership changes made in this run: (additions, removals).
+    changes: (usize, usize),
     /// Cut links (unordered pairs, smaller index first).
     cut: BTreeSet<(usize, usize)>,
     net: BTreeMap<(u64, u64), Msg>,
@@ -423,17 +466,24 @@ struct Sim {
 impl Sim {
     fn new(seed: u64, n: usize, faults: Faults) -> Sim {
         let mut rng = fastrand::Rng::with_seed(seed);
-        let all: Vec<String> = (0..n).map(|i| format!("10.9.0.{}:8848", i + 1)).collect();
-        let mut sorted = all.clone();
-        sorted.sort();
+        let mut member_rng = fastrand::Rng::with_seed(seed ^ 0x3e3b);
+        let all: Vec<String> = (0..n + SPARE_NODES)
+            .map(|i| format!("10.9.0.{}:8848", i + 1))
+            .collect();
+        let official: Vec<String> = all[..n].to_vec();
         let nodes = all
             .iter()
-            .map(|a| {
-                let idx = sorted.iter().position(|s| s == a).unwrap() as u32;
-                let skew = rng.i64(-faults.skew_ms..=faults.skew_ms);
-                let mut node = Node::fresh(a, &all, idx << SHARD_BITS, skew, 0);
+            .enumerate()
+            .map(|(i, a)| {
+                let skew = if i < n {
+                    rng.i64(-faults.skew_ms..=faults.skew_ms)
+                } else {
+                    member_rng.i64(-faults.skew_ms..=faults.skew_ms)
+                };
+                let mut node = Node::fresh(a, &official, Bugs::default(), skew, 0);
                 node.store.enable_journal();
-                node.ready = true;
+                node.ready = i < n;
+                node.up = i < n;
                 node
             })
             .collect();
@@ -462,6 +512,11 @@ impl Sim {
             t: 0,
             nodes,
             all,
+            official,
+            in_cluster: (0..n + SPARE_NODES).map(|i| i < n).collect(),
+            pending_lists: Vec::new(),
+            member_rng,
+            changes: (0, 0),
             cut: BTreeSet::new(),
             net: BTreeMap::new(),
             seq: 0,
@@ -573,13 +628,14 @@ impl Sim {
         }
         let source = self.all[from].clone();
         let node = &mut self.nodes[to];
+        if !node.members.is_member(&source) {
+            return; // refused: "not a member"
+        }
         let fetch = keys_to_fetch(&sums, |k| node.store.checksum(k));
         if node.healthy == healthy {
             let listed: BTreeSet<&str> = sums.iter().map(|(k, _)| k.as_str()).collect();
             let view = node.healthy.clone();
-            let mut sorted = self.all.clone();
-            sorted.sort();
-            let source_node = sorted.iter().position(|a| *a == source).unwrap() as u32;
+            let source_node = node_id(&source).expect("an ip:port");
             let dropped = if node.bugs.drop_unconditionally {
                 let now = node.clock(self.t);
                 let doomed: Vec<String> = node
@@ -726,7 +782,7 @@ impl Sim {
 
     fn ready_nodes(&self) -> Vec<usize> {
         (0..self.nodes.len())
-            .filter(|&i| self.nodes[i].up && self.nodes[i].ready)
+            .filter(|&i| self.in_cluster[i] && self.nodes[i].up && self.nodes[i].ready)
             .collect()
     }
 
@@ -883,15 +939,18 @@ impl Sim {
         let f = self.faults;
         if self.rng.f64() < f.crash {
             let i = self.rng.usize(..n);
-            if self.nodes[i].up && self.ready_nodes().len() > 1 {
+            if self.in_cluster[i] && self.nodes[i].up && self.ready_nodes().len() > 1 {
                 self.crash(i);
             }
         }
         if self.rng.f64() < f.restart {
             let i = self.rng.usize(..n);
-            if !self.nodes[i].up {
+            if self.in_cluster[i] && !self.nodes[i].up {
                 self.restart(i);
             }
+        }
+        if self.t + MEMBER_CHANGE_END_MS < CHURN_MS && self.member_rng.f64() < MEMBER_CHANGE {
+            self.change_members();
         }
         if self.rng.f64() < f.cut {
             let (a, b) = (self.rng.usize(..n), self.rng.usize(..n));
@@ -916,6 +975,88 @@ impl Sim {
     /// gone: their clients are marked `lost`.
     fn crash(&mut self, i: usize) {
         let keep_disk = self.disk_rng.bool();
+        self.crash_with(i, keep_disk);
+    }
+
+    /// A membership change (issue 14): a spare added (started empty; it
+    /// loads a snapshot) or a member removed (stopped for good, its disk
+    /// gone); every other member applies the new list at its own time,
+    /// within `APPLY_SPREAD_MS`, in the order the lists were made.
+    fn change_members(&mut self) {
+        let spares: Vec<usize> = (0..self.nodes.len())
+            .filter(|&i| !self.in_cluster[i] && !self.nodes[i].up)
+            .collect();
+        let members: Vec<usize> = (0..self.nodes.len())
+            .filter(|&i| self.in_cluster[i])
+            .collect();
+        let add = !spares.is_empty() && (members.len() <= MEMBERS_MIN || self.member_rng.bool());
+        let mut list = self.official.clone();
+        if add {
+            let x = spares[self.member_rng.usize(..spares.len())];
+            list.push(self.all[x].clone());
+            let skew = self.nodes[x].skew;
+            self.nodes[x] = Node::fresh(&self.all[x], &list, self.bugs, skew, self.t);
+            self.nodes[x].store.enable_journal();
+            self.in_cluster[x] = true;
+            self.log(format!("members: node {x} added, {list:?}"));
+        } else {
+            if members.len() <= MEMBERS_MIN {
+                return;
+            }
+            let r = members[self.member_rng.usize(..members.len())];
+            if self.nodes[r].up && self.ready_nodes().len() <= 1 {
+                return;
+            }
+            if self.nodes[r].up {
+                self.crash_with(r, false);
+            }
+            self.nodes[r].disk = MemoryRows::default();
+            self.in_cluster[r] = false;
+            list.retain(|a| *a != self.all[r]);
+            self.log(format!("members: node {r} removed, {list:?}"));
+        }
+        self.official = list.clone();
+        if add {
+            self.changes.0 += 1;
+        } else {
+            self.changes.1 += 1;
+        }
+        for i in 0..self.nodes.len() {
+            // Scheduled even when the node holds this list now: a list it
+            // has yet to apply may come before.
+            if !self.in_cluster[i] {
+                continue;
+            }
+            let after = self
+                .pending_lists
+                .iter()
+                .filter(|(_, n, _)| *n == i)
+                .map(|(at, ..)| *at)
+                .max()
+                .unwrap_or(self.t);
+            let at = after.max(self.t + self.member_rng.u64(0..APPLY_SPREAD_MS));
+            self.pending_lists.push((at, i, list.clone()));
+        }
+    }
+
+    /// Member lists due: each node applies its own.
+    fn apply_lists(&mut self) {
+        let t = self.t;
+        let (due, later): (Vec<_>, Vec<_>) = std::mem::take(&mut self.pending_lists)
+            .into_iter()
+            .partition(|(at, ..)| *at <= t);
+        self.pending_lists = later;
+        for (_, i, list) in due {
+            let now = self.nodes[i].clock(t);
+            if let Ok(change) = self.nodes[i].members.set_list(&list, now) {
+                if !change.is_empty() {
+                    self.log(format!("node {i} applied {list:?}"));
+                }
+            }
+        }
+    }
+
+    fn crash_with(&mut self, i: usize, keep_disk: bool) {
         for c in 0..self.clients.len() {
             if let Some(conn) = self.clients[c].grpc.clone() {
                 // Its connection broke: a registered client reconnects
@@ -976,21 +1117,12 @@ impl Sim {
 
     fn restart(&mut self, i: usize) {
         let (addr, skew) = (self.nodes[i].addr.clone(), self.nodes[i].skew);
-        let mut sorted = self.all.clone();
-        sorted.sort();
-        let idx = sorted.iter().position(|s| *s == addr).unwrap() as u32;
         let disk = std::mem::take(&mut self.nodes[i].disk);
         let rows = disk.instances.len();
-        self.nodes[i] = Node::from_disk(
-            &addr,
-            &self.all,
-            idx << SHARD_BITS,
-            skew,
-            self.t,
-            disk,
-            self.bugs,
-        );
-        self.nodes[i].bugs = self.bugs;
+        // A restarted node reads the current file.
+        let list = self.official.clone();
+        self.pending_lists.retain(|(_, n, _)| *n != i);
+        self.nodes[i] = Node::from_disk(&addr, &list, skew, self.t, disk, self.bugs);
         self.log(format!(
             "node {i} restarted with {rows} saved instance rows"
         ));
@@ -999,10 +1131,13 @@ impl Sim {
     /// A starting node's snapshot load (SPEC 4.6).
     fn startup_step(&mut self, i: usize) {
         let mut answers = Vec::new();
-        for j in 0..self.nodes.len() {
-            if j == i {
-                continue;
-            }
+        let others: Vec<usize> = self.nodes[i]
+            .member_list()
+            .iter()
+            .map(|a| self.index(a))
+            .filter(|&j| j != i)
+            .collect();
+        for j in others {
             if !self.reachable(i, j) {
                 answers.push(Answer::Nothing);
             } else if !self.nodes[j].ready {
@@ -1052,8 +1187,7 @@ impl Sim {
                 continue;
             }
             self.nodes[i].refresh_view(self.t);
-            let all = self.all.clone();
-            self.nodes[i].leases(&all, self.t);
+            self.nodes[i].leases(self.t);
             // Expiry, owner only.
             let changed = {
                 let node = &mut self.nodes[i];
@@ -1108,6 +1242,9 @@ impl Sim {
                     let outcome = if !self.nodes[j].up {
                         ReportOutcome::Refused
                     } else if !self.reachable(i, j) {
+                        ReportOutcome::Failed
+                    } else if !self.nodes[j].members.is_member(&self.nodes[i].addr) {
+                        // 400: "not another member".
                         ReportOutcome::Failed
                     } else {
                         let me = self.nodes[i].addr.clone();
@@ -1204,6 +1341,7 @@ impl Sim {
         if !self.cut.is_empty() {
             self.last_cut = self.t;
         }
+        self.apply_lists();
         self.clients_step();
         self.nodes_step();
     }
@@ -1238,7 +1376,7 @@ impl Sim {
         self.churn = false;
         self.cut.clear();
         for i in 0..self.nodes.len() {
-            if !self.nodes[i].up {
+            if self.in_cluster[i] && !self.nodes[i].up {
                 self.restart(i);
             }
         }
@@ -1262,12 +1400,23 @@ impl Sim {
         if let Some(v) = &self.violation {
             return Err(v.clone());
         }
-        let h0 = self.holdings(0);
-        for i in 1..self.nodes.len() {
+        let members: Vec<usize> = (0..self.nodes.len())
+            .filter(|&i| self.in_cluster[i])
+            .collect();
+        let mut official = self.official.clone();
+        official.sort();
+        for &i in &members {
+            if self.nodes[i].member_list() != official {
+                return Err(format!("node {i} never applied {:?}", self.official));
+            }
+        }
+        let first = members[0];
+        let h0 = self.holdings(first);
+        for &i in &members[1..] {
             let hi = self.holdings(i);
             if hi != h0 {
                 return Err(format!(
-                    "invariant 1: node 0 and node {i} differ:\n  0: {h0:?}\n  {i}: {hi:?}"
+                    "invariant 1: node {first} and node {i} differ:\n  {first}: {h0:?}\n  {i}: {hi:?}"
                 ));
             }
         }
@@ -1388,6 +1537,39 @@ fn the_simulation_catches_restored_records_merged_unconfirmed() {
         ..Bugs::default()
     };
     assert_caught("restored records merged unconfirmed", bugs);
+}
+
+#[test]
+fn the_simulation_catches_a_removed_members_connections_never_retired() {
+    let bugs = Bugs {
+        removed_holders_forgotten: true,
+        ..Bugs::default()
+    };
+    assert_caught("removed holders forgotten", bugs);
+}
+
+#[test]
+fn members_are_added_and_removed_in_most_seeds() {
+    let (mut added, mut removed, mut with_changes) = (0, 0, 0);
+    for seed in 0..50 {
+        let n = 3 + (seed % 3) as usize;
+        let mut sim = Sim::new(seed, n, FAULTS);
+        sim.run(CHURN_MS, SETTLE_MS)
+            .map_err(|e| sim.report(&e))
+            .unwrap();
+        added += sim.changes.0;
+        removed += sim.changes.1;
+        with_changes += usize::from(sim.changes != (0, 0));
+    }
+    println!("50 seeds: {added} additions, {removed} removals, {with_changes} seeds with changes");
+    assert!(
+        added >= 25 && removed >= 25,
+        "{added} additions, {removed} removals"
+    );
+    assert!(
+        with_changes >= 30,
+        "{with_changes} of 50 seeds changed members"
+    );
 }
 
 #[test]

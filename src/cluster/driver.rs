@@ -64,12 +64,7 @@ async fn load_part(ctx: Rc<ShardCtx>) {
     let parts = ctx.shared.inboxes.len();
     let started = Instant::now();
     let target = format!("/nacos/v1/ns/distro/datums?part={}&parts={parts}", ctx.id);
-    let others: Vec<String> = shared
-        .all
-        .iter()
-        .filter(|a| **a != shared.me)
-        .cloned()
-        .collect();
+    let others: Vec<String> = shared.other_members();
     let settle = |how: &str, served: bool| {
         let dropped = ctx
             .state

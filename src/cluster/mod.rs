@@ -16,18 +16,39 @@ use std::sync::Mutex;
 use subtle::ConstantTimeEq;
 
 use crate::distro::hash::owner_index;
-use crate::distro::members::{Member, Membership};
+use crate::distro::members::{ListChange, Member, Membership};
 
-/// Shard id bits in a writer id: writer = node index << 8 | shard.
-pub const WRITER_SHARD_BITS: u32 = 8;
+pub use crate::distro::hlc::WRITER_SHARD_BITS;
+
+/// How often a node started with `--cluster-conf` looks at the file for a
+/// new member list (issue 14; SIGHUP makes it look at once).
+pub const CONF_POLL_MS: u64 = 1_000;
+/// A cluster.conf larger than this is refused (a member is one short line).
+pub const CONF_BYTES_MAX: u64 = 1024 * 1024;
+
+/// Member-list reloads, by result.
+#[derive(Default)]
+pub struct ReloadStats {
+    pub applied: AtomicU64,
+    pub unchanged: AtomicU64,
+    pub refused: AtomicU64,
+}
 
 /// What every shard of a clustered node shares.
 pub struct ClusterShared {
     /// This node's address as the members list names it.
     pub me: String,
-    /// Every configured member, this node included, sorted (the index of
-    /// an address is its node index in writer ids).
-    pub all: Vec<String>,
+    /// Its node id (`hlc::node_id`), in every version it writes.
+    pub node_id: u64,
+    /// The member list this node started with, sorted: the positions that
+    /// old (store format 1) writer ids name.
+    pub start_sorted: Vec<String>,
+    /// The `--cluster-conf` file, re-read when it changes (None: `--peers`,
+    /// a fixed list).
+    pub conf: Option<std::path::PathBuf>,
+    pub reloads: ReloadStats,
+    /// What the file held (or why it could not be read) when last read.
+    conf_last: Mutex<Option<Result<String, String>>>,
     token: String,
     members: Mutex<Membership>,
     /// Mirror of the membership epoch: shards compare it with their view's.
@@ -43,14 +64,18 @@ pub struct ClusterShared {
 impl ClusterShared {
     pub fn new(me: &str, peers: &[String], token: &str) -> ClusterShared {
         let members = Membership::new(me, peers);
-        let all = members
+        let start_sorted = members
             .members()
             .iter()
             .map(|m| m.address.clone())
             .collect();
         ClusterShared {
             me: me.to_string(),
-            all,
+            node_id: crate::distro::hlc::node_id(me).unwrap_or(0),
+            start_sorted,
+            conf: None,
+            reloads: ReloadStats::default(),
+            conf_last: Mutex::new(None),
             token: token.to_string(),
             epoch: AtomicU64::new(members.epoch()),
             members: Mutex::new(members),
@@ -71,9 +96,83 @@ impl ClusterShared {
         }
     }
 
-    /// Index of a member address in the sorted member list.
-    pub fn node_index(&self, address: &str) -> Option<u32> {
-        self.all.iter().position(|a| a == address).map(|i| i as u32)
+    /// Whether an address is in the current member list.
+    pub fn is_member(&self, address: &str) -> bool {
+        self.with_members(|m| m.is_member(address))
+    }
+
+    /// The other members, whatever their state.
+    pub fn other_members(&self) -> Vec<String> {
+        self.with_members(|m| {
+            m.members()
+                .iter()
+                .filter(|x| x.address != self.me)
+                .map(|x| x.address.clone())
+                .collect()
+        })
+    }
+
+    /// Applies a new member list (issue 14) and logs what changed.
+    pub fn apply_list(&self, list: &[String], now_ms: u64, source: &str) -> Option<ListChange> {
+        match self.with_members(|m| m.set_list(list, now_ms).map(|c| (c, m.list_version()))) {
+            Ok((change, _)) if change.is_empty() => {
+                self.reloads.unchanged.fetch_add(1, Ordering::Relaxed);
+                tracing::debug!(%source, "member list unchanged");
+                Some(change)
+            }
+            Ok((change, version)) => {
+                self.reloads.applied.fetch_add(1, Ordering::Relaxed);
+                tracing::info!(
+                    %source,
+                    version,
+                    added = ?change.added,
+                    removed = ?change.removed,
+                    members = ?self.with_members(|m| m.members().iter().map(|x| x.address.clone()).collect::<Vec<_>>()),
+                    "member list changed"
+                );
+                Some(change)
+            }
+            Err(e) => {
+                self.reloads.refused.fetch_add(1, Ordering::Relaxed);
+                tracing::error!(%source, "member list refused: {e}");
+                None
+            }
+        }
+    }
+
+    /// Reads the `--cluster-conf` file and applies its list (issue 14). A
+    /// file that cannot be read or parsed is refused with a logged reason
+    /// and the old list kept. What was read last is remembered: the same
+    /// text (or the same error) is not looked at again unless `force`
+    /// (SIGHUP).
+    pub fn reload_conf(&self, force: bool, now_ms: u64) {
+        let Some(path) = self.conf.as_ref() else {
+            if force {
+                tracing::info!("SIGHUP: the member list is fixed (--peers)");
+            }
+            return;
+        };
+        let read = read_conf(path);
+        {
+            let mut last = self.conf_last.lock().unwrap_or_else(|p| p.into_inner());
+            if !force && last.as_ref() == Some(&read) {
+                return;
+            }
+            *last = Some(read.clone());
+        }
+        let source = path.display().to_string();
+        let parsed = read.and_then(|text| {
+            crate::distro::conf::parse_cluster_conf(&text).map_err(|e| e.to_string())
+        });
+        match parsed {
+            Ok(list) => {
+                self.apply_list(&list, now_ms, &source);
+            }
+            Err(e) => {
+                self.reloads.refused.fetch_add(1, Ordering::Relaxed);
+                tracing::error!(%source, "member list refused: {e}; the old list is kept");
+            }
+        }
     }
 
     pub fn epoch(&self) -> u64 {
@@ -114,6 +213,43 @@ impl ClusterShared {
         }
         false
     }
+
+    /// Sets the `--cluster-conf` file to watch (before the node starts).
+    pub fn set_conf(&mut self, path: std::path::PathBuf) {
+        self.conf_last = Mutex::new(Some(read_conf(&path)));
+        self.conf = Some(path);
+    }
+}
+
+fn read_conf(path: &std::path::Path) -> Result<String, String> {
+    use std::io::Read;
+    let f = std::fs::File::open(path).map_err(|e| format!("cannot read it: {e}"))?;
+    let mut text = String::new();
+    f.take(CONF_BYTES_MAX + 1)
+        .read_to_string(&mut text)
+        .map_err(|e| format!("cannot read it: {e}"))?;
+    if text.len() as u64 > CONF_BYTES_MAX {
+        return Err(format!("it is larger than {CONF_BYTES_MAX} bytes"));
+    }
+    Ok(text)
+}
+
+/// Watches the `--cluster-conf` file (every `CONF_POLL_MS`) on its own
+/// thread until shutdown, applying each new member list.
+pub fn watch_conf(shared: std::sync::Arc<crate::shard::Shared>) -> std::io::Result<()> {
+    if shared.cluster.as_ref().is_none_or(|c| c.conf.is_none()) {
+        return Ok(());
+    }
+    std::thread::Builder::new()
+        .name("cluster-conf".into())
+        .spawn(move || {
+            let c = shared.cluster.as_ref().expect("clustered");
+            while !shared.shutdown.load(Ordering::Relaxed) {
+                std::thread::sleep(std::time::Duration::from_millis(CONF_POLL_MS));
+                c.reload_conf(false, crate::shard::now_ms());
+            }
+        })
+        .map(|_| ())
 }
 
 /// A shard's copy of the healthy list: ownership is computed from it

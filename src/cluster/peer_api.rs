@@ -140,8 +140,9 @@ pub async fn handle(ctx: &Rc<ShardCtx>, endpoint: Endpoint, req: &Request<'_>) -
             let Some(source) = params.get("source").map(str::to_string) else {
                 return Reply::bad_request("source is required");
             };
-            let Some(source_node) = shared.node_index(&source) else {
-                return Reply::bad_request(format!("{source} is not a member"));
+            let source_node = match crate::distro::hlc::node_id(&source) {
+                Some(id) if shared.is_member(&source) => id,
+                _ => return Reply::bad_request(format!("{source} is not a member")),
             };
             let msg: Checksums = match serde_json::from_slice(&req.body) {
                 Ok(m) => m,
@@ -198,7 +199,7 @@ fn report(shared: &ClusterShared, body: &[u8]) -> Reply {
         Ok(a) => a.to_string(),
         Err(_) => return Reply::bad_request(format!("{address} is not ip:port")),
     };
-    if shared.node_index(&address).is_none() || address == shared.me {
+    if !shared.is_member(&address) || address == shared.me {
         return Reply::bad_request(format!("{address} is not another member"));
     }
     if shared.with_members(|m| m.report_received(&address)) {
@@ -259,7 +260,7 @@ async fn datums_of(ctx: &Rc<ShardCtx>, keys: Vec<String>) -> Result<Vec<Datum>, 
 /// The receiving side of a verify round: compare per shard (dropping what
 /// the source owns, no longer lists and alone wrote), then fetch what
 /// differs from the source and merge it.
-async fn verify_from(ctx: Rc<ShardCtx>, source: String, source_node: u32, msg: Checksums) {
+async fn verify_from(ctx: Rc<ShardCtx>, source: String, source_node: u64, msg: Checksums) {
     let result = verify_inner(&ctx, &source, source_node, msg).await;
     ctx.end_verify(&source);
     if let Err(e) = result {
@@ -270,10 +271,11 @@ async fn verify_from(ctx: Rc<ShardCtx>, source: String, source_node: u32, msg: C
 async fn verify_inner(
     ctx: &Rc<ShardCtx>,
     source: &str,
-    source_node: u32,
+    source_node: u64,
     msg: Checksums,
 ) -> Result<(), String> {
     let cores = ctx.shared.inboxes.len();
+    ctx.refresh_view(now_ms());
     let same_view = ctx
         .cluster
         .as_ref()
@@ -437,14 +439,26 @@ pub fn views(ctx: &ShardCtx, endpoint: Endpoint, req: &Request<'_>) -> Option<Re
     let shared = ctx.shared.cluster.as_ref()?;
     match endpoint {
         Endpoint::OperatorServers | Endpoint::ClusterNodes => {
-            let members: Vec<serde_json::Value> =
-                shared.snapshot_members().iter().map(member_json).collect();
+            let (members, version, changed) = shared.with_members(|m| {
+                let members: Vec<serde_json::Value> = m.members().iter().map(member_json).collect();
+                (members, m.list_version(), m.list_changed_ms())
+            });
+            // The member list's version and change time (issue 14), beside
+            // what Nacos answers.
             Some(if endpoint == Endpoint::OperatorServers {
-                Reply::json_value(&serde_json::json!({ "servers": members }))
+                Reply::json_value(&serde_json::json!({
+                    "servers": members,
+                    "memberListVersion": version,
+                    "memberListChangedMs": changed,
+                }))
             } else {
-                Reply::json_value(
-                    &serde_json::json!({"code": 200, "message": null, "data": members}),
-                )
+                Reply::json_value(&serde_json::json!({
+                    "code": 200,
+                    "message": null,
+                    "data": members,
+                    "memberListVersion": version,
+                    "memberListChangedMs": changed,
+                }))
             })
         }
         Endpoint::DistroServer => {

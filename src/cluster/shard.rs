@@ -100,14 +100,9 @@ impl ClusterCtx {
 
 impl ShardCtx {
     /// The writer id of this shard's versions.
-    pub fn writer_id(&self) -> u32 {
-        let node = self
-            .shared
-            .cluster
-            .as_ref()
-            .and_then(|c| c.node_index(&c.me))
-            .unwrap_or(0);
-        node << WRITER_SHARD_BITS | self.id as u32
+    pub fn writer_id(&self) -> u64 {
+        let node = self.shared.cluster.as_ref().map_or(0, |c| c.node_id);
+        crate::distro::hlc::writer_id(node, self.id)
     }
 
     /// Brings the shard's view up to the membership's epoch. Services this
@@ -225,7 +220,7 @@ impl ShardCtx {
     pub fn verify_shard(
         &self,
         source: &str,
-        source_node: u32,
+        source_node: u64,
         round: u64,
         same_view: bool,
         theirs: Vec<(String, u64)>,
@@ -318,11 +313,12 @@ impl ShardCtx {
         let policy = {
             let mut st = cl.state.borrow_mut();
             let st = &mut *st;
-            st.holders.observe(&shared.all, &st.view.healthy, now_ms);
+            let members: Vec<String> =
+                shared.with_members(|m| m.members().iter().map(|x| x.address.clone()).collect());
+            st.holders.observe(&members, &st.view.healthy, now_ms);
             LeasePolicy {
                 me: shared.me.clone(),
                 boot: self.shared.boot_ms,
-                members: shared.all.clone(),
                 gone: st.holders.gone(now_ms, LEASE_HOLDER_GRACE_MS),
             }
         };

@@ -97,14 +97,88 @@ impl Hlc {
 )]
 pub struct Version {
     pub hlc: u64,
-    pub writer: u32,
+    pub writer: u64,
 }
 
 /// Set in the writer of a retirement: the tombstone every node writes, on
 /// its own, for a connection-bound record whose holder is gone. No node
-/// writes with it otherwise (writer ids are `node << 8 | shard`, far
-/// below).
-pub const RETIRED_WRITER_BIT: u32 = 1 << 31;
+/// writes with it otherwise (writer ids are `node id << 8 | shard`, node
+/// ids below 2^55).
+pub const RETIRED_WRITER_BIT: u64 = 1 << 63;
+/// Shard id bits in a writer id: writer = node id << 8 | shard.
+pub const WRITER_SHARD_BITS: u32 = 8;
+/// Set in the node id of an IPv6 member (whose id is a hash).
+const IPV6_NODE_BIT: u64 = 1 << 54;
+
+/// A member's node id (issue 14): derived from its advertised address
+/// alone, so it is the same before and after any change of the member
+/// list and across restarts, and two members never share one. An IPv4
+/// `ip:port` is exact: `ip << 16 | port` (below 2^48; at least 2^40 for
+/// any routable address, far above the old position-based ids). An IPv6
+/// address is a 54-bit FNV-1a hash of its text with bit 54 set (a cluster
+/// whose members' ids collide is refused: `colliding_ids`). A standalone
+/// node writes with node id 0. None for text that is not `ip:port`.
+pub fn node_id(address: &str) -> Option<u64> {
+    match address.parse::<std::net::SocketAddr>().ok()? {
+        std::net::SocketAddr::V4(a) => {
+            Some(u64::from(u32::from(*a.ip())) << 16 | u64::from(a.port()))
+        }
+        std::net::SocketAddr::V6(a) => {
+            let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+            for b in a.to_string().bytes() {
+                h = (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3);
+            }
+            Some(IPV6_NODE_BIT | (h & (IPV6_NODE_BIT - 1)))
+        }
+    }
+}
+
+/// The writer id of one shard of a node.
+pub fn writer_id(node_id: u64, shard: usize) -> u64 {
+    node_id << WRITER_SHARD_BITS | shard as u64
+}
+
+/// The node id a writer id names.
+pub fn node_of(writer: u64) -> u64 {
+    (writer & !RETIRED_WRITER_BIT) >> WRITER_SHARD_BITS
+}
+
+/// Two members of a list whose node ids are the same (only possible for
+/// IPv6 hashes), if any.
+pub fn colliding_ids(members: &[String]) -> Option<(String, String)> {
+    for (i, a) in members.iter().enumerate() {
+        for b in &members[i + 1..] {
+            if node_id(a).is_some() && node_id(a) == node_id(b) {
+                return Some((a.clone(), b.clone()));
+            }
+        }
+    }
+    None
+}
+
+/// Old writer ids (stores of format 1) named a member by its position in
+/// the sorted member list: `position << 8 | shard`, bit 31 for a
+/// retirement. Rewrites such a writer into the address-derived form,
+/// taking the positions from `sorted` (the list the node was started
+/// with, as every node had to be); writers already in the new form, and
+/// positions past the list, are kept.
+pub fn upgrade_legacy_writer(writer: u64, sorted: &[String]) -> u64 {
+    const LEGACY_RETIRED: u64 = 1 << 31;
+    if writer >= 1 << 32 {
+        return writer;
+    }
+    let position = ((writer & !LEGACY_RETIRED) >> WRITER_SHARD_BITS) as usize;
+    let Some(node) = sorted.get(position).and_then(|a| node_id(a)) else {
+        return writer;
+    };
+    let shard = writer & ((1 << WRITER_SHARD_BITS) - 1);
+    let retired = if writer & LEGACY_RETIRED != 0 {
+        RETIRED_WRITER_BIT
+    } else {
+        0
+    };
+    node << WRITER_SHARD_BITS | shard | retired
+}
 
 impl Version {
     /// The version of the tombstone that retires a record of this version:
@@ -162,6 +236,50 @@ mod tests {
         }
         let t = c.tick(7);
         assert_eq!((physical_ms(t), logical(t)), (8, 0));
+    }
+
+    #[test]
+    fn node_ids_come_from_the_address_alone_and_never_meet_legacy_ones() {
+        let a = node_id("127.0.0.1:8848").unwrap();
+        assert_eq!(a, (0x7f00_0001u64 << 16) | 8848);
+        assert_ne!(a, node_id("127.0.0.1:8849").unwrap());
+        assert_ne!(a, node_id("127.0.0.2:8848").unwrap());
+        let w = writer_id(a, 3);
+        assert_eq!(node_of(w), a);
+        assert_eq!(node_of(Version { hlc: 1, writer: w }.retired().writer), a);
+        assert!(w >= 1 << 32, "above every position-based id");
+        let v6 = node_id("[::1]:8848").unwrap();
+        assert_eq!(v6 & IPV6_NODE_BIT, IPV6_NODE_BIT);
+        assert!(writer_id(v6, 255) < RETIRED_WRITER_BIT);
+        assert_ne!(v6, node_id("[::1]:8849").unwrap());
+        assert_eq!(node_id("host:1"), None);
+        let list = ["127.0.0.1:1".to_string(), "[::1]:1".to_string()];
+        assert_eq!(colliding_ids(&list), None);
+    }
+
+    #[test]
+    fn legacy_writers_are_rewritten_by_their_position_in_the_start_list() {
+        let sorted: Vec<String> = ["127.0.0.1:8848", "127.0.0.1:8849", "127.0.0.1:8850"]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
+        let id = |i: usize| node_id(&sorted[i]).unwrap();
+        assert_eq!(
+            upgrade_legacy_writer(1 << 8 | 2, &sorted),
+            writer_id(id(1), 2)
+        );
+        assert_eq!(
+            upgrade_legacy_writer(1 << 31 | 2 << 8, &sorted),
+            writer_id(id(2), 0) | RETIRED_WRITER_BIT,
+            "a legacy retirement stays a retirement"
+        );
+        let new = writer_id(id(0), 1);
+        assert_eq!(upgrade_legacy_writer(new, &sorted), new, "new ids kept");
+        assert_eq!(
+            upgrade_legacy_writer(7 << 8, &sorted),
+            7 << 8,
+            "unknown position kept"
+        );
     }
 
     #[test]

@@ -17,13 +17,22 @@ pub const LEASE_HOLDER_GRACE_MS: u64 = 10_000;
 #[derive(Debug, Clone, Default)]
 pub struct HolderWatch {
     left_at: BTreeMap<String, u64>,
+    /// The member list at the last look.
+    members: Vec<String>,
 }
 
 impl HolderWatch {
-    /// Records the current healthy list: members not in it are out since
-    /// the first time they were seen out; members in it are not.
+    /// Records the current member and healthy lists: members not healthy
+    /// are out since the first time they were seen out; members healthy
+    /// are not. A member removed from the list stays out (since it left
+    /// the healthy list, or since its removal).
     pub fn observe(&mut self, members: &[String], healthy: &[String], now_ms: u64) {
-        self.left_at.retain(|m, _| members.contains(m));
+        if self.members != members {
+            for gone in self.members.iter().filter(|m| !members.contains(m)) {
+                self.left_at.entry(gone.clone()).or_insert(now_ms);
+            }
+            self.members = members.to_vec();
+        }
         for m in members {
             if healthy.contains(m) {
                 self.left_at.remove(m);
@@ -79,13 +88,16 @@ mod tests {
     }
 
     #[test]
-    fn a_member_removed_from_the_list_is_forgotten() {
+    fn a_member_removed_from_the_list_is_out_since_its_removal_or_earlier() {
         let mut w = HolderWatch::default();
-        w.observe(&s(&["a", "b"]), &s(&["a"]), 0);
-        w.observe(&s(&["a"]), &s(&["a"]), 1);
-        assert!(
-            w.gone(100, 10).is_empty(),
-            "LeasePolicy drops non-members itself"
-        );
+        w.observe(&s(&["a", "b", "c"]), &s(&["a", "b", "c"]), 0);
+        w.observe(&s(&["a", "c"]), &s(&["a", "c"]), 100);
+        assert!(w.gone(109, 10).is_empty(), "not yet");
+        assert_eq!(w.gone(110, 10), s(&["b"]), "out since its removal");
+        w.observe(&s(&["a", "c"]), &s(&["a"]), 200);
+        w.observe(&s(&["a"]), &s(&["a"]), 300);
+        assert_eq!(w.gone(210, 10), s(&["b", "c"]), "c out since 200, not 300");
+        w.observe(&s(&["a", "b"]), &s(&["a", "b"]), 400);
+        assert_eq!(w.gone(1_000, 10), s(&["c"]), "b added back and healthy");
     }
 }

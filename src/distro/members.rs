@@ -61,6 +61,31 @@ pub struct Membership {
     cursor: usize,
     /// Bumped whenever the healthy list changes.
     epoch: u64,
+    /// Bumped whenever the member list itself changes (issue 14).
+    list_version: u64,
+    /// Wall-clock ms of the last member-list change; 0 before the first.
+    list_changed_ms: u64,
+}
+
+/// What a new member list changed.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct ListChange {
+    pub added: Vec<String>,
+    pub removed: Vec<String>,
+}
+
+impl ListChange {
+    pub fn is_empty(&self) -> bool {
+        self.added.is_empty() && self.removed.is_empty()
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum ListError {
+    #[error("this node ({0}) is not among the new members; the old list is kept")]
+    NotAMember(String),
+    #[error("members {0} and {1} would have the same node id; the old list is kept")]
+    CollidingIds(String, String),
 }
 
 impl Membership {
@@ -84,7 +109,73 @@ impl Membership {
                 .collect(),
             cursor: 0,
             epoch: 1,
+            list_version: 1,
+            list_changed_ms: 0,
         }
+    }
+
+    /// Applies a new member list (issue 14): members kept keep their
+    /// state; added ones start DOWN (nothing is forwarded or owned by them
+    /// until a report shows them UP, that is with their snapshot loaded);
+    /// removed ones are forgotten (their services move to the others). A
+    /// list without this node, or with two members of one node id, is
+    /// refused and changes nothing.
+    pub fn set_list(&mut self, list: &[String], now_ms: u64) -> Result<ListChange, ListError> {
+        let mut all: Vec<String> = list.to_vec();
+        all.sort();
+        all.dedup();
+        if !all.contains(&self.me) {
+            return Err(ListError::NotAMember(self.me.clone()));
+        }
+        if let Some((a, b)) = super::hlc::colliding_ids(&all) {
+            return Err(ListError::CollidingIds(a, b));
+        }
+        let change = ListChange {
+            added: all
+                .iter()
+                .filter(|a| !self.members.iter().any(|m| &m.address == *a))
+                .cloned()
+                .collect(),
+            removed: self
+                .members
+                .iter()
+                .filter(|m| !all.contains(&m.address))
+                .map(|m| m.address.clone())
+                .collect(),
+        };
+        if change.is_empty() {
+            return Ok(change);
+        }
+        let before = self.healthy();
+        self.members.retain(|m| all.contains(&m.address));
+        for address in &change.added {
+            self.members.push(Member {
+                address: address.clone(),
+                state: State::Down,
+                fail_count: 0,
+                token_refused: false,
+            });
+        }
+        self.members.sort_by(|a, b| a.address.cmp(&b.address));
+        self.cursor = 0;
+        self.list_version += 1;
+        self.list_changed_ms = now_ms;
+        if self.healthy() != before {
+            self.epoch += 1;
+        }
+        Ok(change)
+    }
+
+    pub fn list_version(&self) -> u64 {
+        self.list_version
+    }
+
+    pub fn list_changed_ms(&self) -> u64 {
+        self.list_changed_ms
+    }
+
+    pub fn is_member(&self, address: &str) -> bool {
+        self.members.iter().any(|m| m.address == address)
     }
 
     pub fn me(&self) -> &str {
@@ -299,6 +390,59 @@ mod tests {
         m.report_outcome(peer, ReportOutcome::TokenRefused);
         m.report_outcome(peer, ReportOutcome::Refused);
         assert!(!m.token_refused(peer), "its last answer was no answer");
+    }
+
+    #[test]
+    fn a_new_list_adds_members_down_forgets_removed_ones_and_keeps_the_rest() {
+        let mut m = three();
+        m.report_failed("127.0.0.1:8849", false);
+        let e0 = m.epoch();
+        let list: Vec<String> = ["127.0.0.1:8848", "127.0.0.1:8849", "127.0.0.1:8851"]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
+        let change = m.set_list(&list, 5_000).unwrap();
+        assert_eq!(change.added, ["127.0.0.1:8851"]);
+        assert_eq!(change.removed, ["127.0.0.1:8850"]);
+        assert_eq!((m.list_version(), m.list_changed_ms()), (2, 5_000));
+        assert!(m.epoch() > e0, "8850 left the healthy list");
+        let states: Vec<_> = m
+            .members()
+            .iter()
+            .map(|x| (x.address.as_str(), x.state, x.fail_count))
+            .collect();
+        assert_eq!(
+            states,
+            [
+                ("127.0.0.1:8848", State::Up, 0),
+                ("127.0.0.1:8849", State::Suspicious, 1),
+                ("127.0.0.1:8851", State::Down, 0),
+            ]
+        );
+        assert_eq!(m.healthy(), ["127.0.0.1:8848", "127.0.0.1:8849"]);
+        assert!(
+            m.report_ok("127.0.0.1:8851"),
+            "UP once a report goes through"
+        );
+        assert!(!m.is_member("127.0.0.1:8850"));
+        assert!(
+            !m.report_received("127.0.0.1:8850"),
+            "a removed member stays out"
+        );
+        // The same list again changes nothing.
+        let e1 = m.epoch();
+        assert!(m.set_list(&list, 6_000).unwrap().is_empty());
+        assert_eq!((m.list_version(), m.epoch()), (2, e1));
+    }
+
+    #[test]
+    fn a_list_without_this_node_is_refused_and_changes_nothing() {
+        let mut m = three();
+        let before = m.members().to_vec();
+        let err = m.set_list(&["127.0.0.1:8849".to_string()], 1).unwrap_err();
+        assert_eq!(err, ListError::NotAMember("127.0.0.1:8848".into()));
+        assert_eq!(m.members(), &before[..]);
+        assert_eq!(m.list_version(), 1);
     }
 
     #[test]

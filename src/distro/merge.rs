@@ -53,7 +53,7 @@ mod tests {
         }
     }
 
-    fn rec(value: Option<u32>, hlc: u64, writer: u32) -> Rec {
+    fn rec(value: Option<u32>, hlc: u64, writer: u64) -> Rec {
         Rec {
             value,
             version: Version { hlc, writer },
@@ -79,10 +79,10 @@ mod tests {
         let mut c = Copy::new();
         for _ in 0..(next() % 6) {
             let key = (next() % 4) as u8;
-            let (hlc, writer) = (next() % 5, (next() % 3) as u32);
+            let (hlc, writer) = (next() % 5, next() % 3);
             // Equal versions always carry equal content: a writer issues
             // each timestamp once, for one write (a value or a tombstone).
-            let id = hlc * 10 + u64::from(writer) + u64::from(key) * 100;
+            let id = hlc * 10 + writer + u64::from(key) * 100;
             let value = (id % 3 != 0).then_some(id as u32);
             c.insert(key, rec(value, hlc, writer));
         }

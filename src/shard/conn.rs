@@ -335,6 +335,9 @@ async fn dispatch(
             if let Some(a) = &ctx.shared.auth {
                 crate::metrics::render_auth(&mut page, &a.stats);
             }
+            if let Some(c) = &ctx.shared.cluster {
+                crate::metrics::render_cluster(&mut page, c);
+            }
             let mut r = Reply::text(200, page);
             r.kind = crate::reply::Body::Metrics;
             r

@@ -616,7 +616,13 @@ fn restore_store(ctx: &ShardCtx, r: Restore) {
     let mut st = ctx.state.borrow_mut();
     for saved in r.services.iter() {
         match saved.into_datum() {
-            Ok(d) => {
+            Ok(mut d) => {
+                if let Some(c) = &ctx.shared.cluster {
+                    // Rows of a store written before writer ids came from
+                    // addresses (issue 14) name members by position.
+                    let sorted = &c.start_sorted;
+                    d.map_writers(|w| crate::distro::hlc::upgrade_legacy_writer(w, sorted));
+                }
                 st.store.restore(d, now, ctx.cluster.is_none());
             }
             Err(e) => {

@@ -54,7 +54,7 @@ struct WireRecord(
     bool,
     Metadata,
     u64,
-    u32,
+    u64,
     bool,
     #[serde(default)] Option<(String, u64, u64)>,
 );
@@ -132,6 +132,23 @@ pub struct Datum {
 }
 
 impl Datum {
+    /// Rewrites the writer of every version in the datum (the default
+    /// version, "never written", stays as it is).
+    pub fn map_writers(&mut self, f: impl Fn(u64) -> u64) {
+        let map = |v: &mut Version| {
+            if *v != Version::default() {
+                v.writer = f(v.writer);
+            }
+        };
+        map(&mut self.fields.version);
+        if let Some(v) = &mut self.deleted {
+            map(v);
+        }
+        for r in &mut self.instances {
+            map(&mut r.version);
+        }
+    }
+
     /// Every version in the datum, for the receiving clock to observe.
     pub fn max_version(&self) -> Version {
         self.instances

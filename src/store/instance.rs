@@ -138,22 +138,23 @@ pub struct LeasePolicy {
     /// This node's address and incarnation.
     pub me: String,
     pub boot: u64,
-    /// Every member (this node included).
-    pub members: Vec<String>,
-    /// Members out of the healthy list for longer than the holder grace.
+    /// Members out of the healthy list, or removed from the member list,
+    /// for longer than the holder grace.
     pub gone: Vec<String>,
 }
 
 impl LeasePolicy {
     /// A lease stays while its holder is this node in this incarnation, or
-    /// a member that is not gone. A lease of this node's earlier
-    /// incarnation died with it; one of a node that is no member has no
-    /// one to keep it.
+    /// another node that is not gone. A lease of this node's earlier
+    /// incarnation died with it. A holder this node never had as a member
+    /// is kept: it may be a member added on the other nodes first (issue
+    /// 14); the nodes that saw it removed retire its records, and their
+    /// retirements travel like any write.
     pub fn keeps(&self, lease: &Lease) -> bool {
         if lease.holder == self.me {
             return lease.boot == self.boot;
         }
-        self.members.contains(&lease.holder) && !self.gone.contains(&lease.holder)
+        !self.gone.contains(&lease.holder)
     }
 }
 

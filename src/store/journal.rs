@@ -91,7 +91,7 @@ struct WireRow<'a>(
     bool,
     &'a Metadata,
     u64,
-    u32,
+    u64,
     bool,
     #[serde(skip_serializing_if = "Option::is_none")] Option<(&'a str, u64, u64)>,
 );

@@ -176,7 +176,7 @@ pub struct Counts {
 struct Stamp {
     clock: Hlc,
     /// This node and shard, the tie-breaker of versions.
-    writer: u32,
+    writer: u64,
 }
 
 impl Stamp {
@@ -297,7 +297,7 @@ impl Store {
     }
 
     /// Sets the writer id (node and shard) that versions carry.
-    pub fn set_writer(&mut self, writer: u32) {
+    pub fn set_writer(&mut self, writer: u64) {
         self.stamp.writer = writer;
     }
 

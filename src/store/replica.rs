@@ -438,7 +438,7 @@ impl Store {
     /// Returns the keys dropped.
     pub fn drop_unlisted(
         &mut self,
-        source_node: u32,
+        source_node: u64,
         shard_bits: u32,
         round_hlc: u64,
         source_owns: impl Fn(&str) -> bool,
@@ -516,7 +516,7 @@ mod borrowed {
         pub bool,
         pub &'a Metadata,
         pub u64,
-        pub u32,
+        pub u64,
         pub bool,
         /// Sort key only, not sent (the receiver rebuilds it).
         #[serde(skip)]

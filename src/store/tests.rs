@@ -265,7 +265,7 @@ fn protect_threshold_returns_all_as_healthy() {
 
 // --- replication: datums, versions, tombstones ---
 
-fn node(writer: u32) -> Store {
+fn node(writer: u64) -> Store {
     let mut s = store();
     s.set_writer(writer);
     s
@@ -893,7 +893,6 @@ fn policy(me: &str, boot: u64, gone: &[&str]) -> LeasePolicy {
     LeasePolicy {
         me: me.into(),
         boot,
-        members: vec!["a".into(), "b".into(), "c".into()],
         gone: gone.iter().map(|g| g.to_string()).collect(),
     }
 }
