@@ -69,6 +69,10 @@ pub fn probe_free(addr: SocketAddr) -> std::io::Result<()> {
     socket.bind(&addr.into())
 }
 
+/// How long a starting node waits for its port to be released (see
+/// `listeners`) before it says the port is in use.
+pub const PORT_WAIT_MS: u64 = 2_000;
+
 fn listener(addr: SocketAddr) -> std::io::Result<std::net::TcpListener> {
     let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
     socket.set_reuse_address(true)?;
@@ -86,7 +90,22 @@ fn listeners(
     n: usize,
 ) -> Result<(SocketAddr, Vec<std::net::TcpListener>), ServerError> {
     let err = |source| ServerError::Listen { addr: bind, source };
-    probe_free(bind).map_err(err)?;
+    // A node killed a moment ago may still hold its listener: its
+    // io_uring instance is torn down by the kernel after the process has
+    // been reaped. A restart waits that long before it refuses the port.
+    let waited = std::time::Instant::now();
+    loop {
+        match probe_free(bind) {
+            Ok(()) => break,
+            Err(e)
+                if e.kind() == std::io::ErrorKind::AddrInUse
+                    && waited.elapsed() < std::time::Duration::from_millis(PORT_WAIT_MS) =>
+            {
+                std::thread::sleep(std::time::Duration::from_millis(20));
+            }
+            Err(e) => return Err(err(e)),
+        }
+    }
     let first = listener(bind).map_err(err)?;
     let addr = first.local_addr().map_err(err)?;
     let mut all = vec![first];
