@@ -327,7 +327,8 @@ settings! {
     /// --advertise, or --bind, names it); the same list on every node. None
     /// (and no --cluster-conf): standalone.
     peers: String = String::new(),
-    /// Nacos `cluster.conf` file with the members, one `ip:port` a line.
+    /// Nacos `cluster.conf` file with the members, one `ip:port` a line;
+    /// re-read when it changes (every second) and on SIGHUP.
     cluster_conf: String = String::new(),
     /// This node's `ip:port` as the members list names it (default: the
     /// bind address).

@@ -157,7 +157,15 @@ impl Membership {
             });
         }
         self.members.sort_by(|a, b| a.address.cmp(&b.address));
-        self.cursor = 0;
+        // The next report goes to the first added member: it turns UP
+        // (and takes its share of the services) one report interval after
+        // the change rather than a whole round later.
+        self.cursor = self
+            .members
+            .iter()
+            .filter(|m| m.address != self.me)
+            .position(|m| change.added.contains(&m.address))
+            .unwrap_or(0);
         self.list_version += 1;
         self.list_changed_ms = now_ms;
         if self.healthy() != before {
@@ -420,6 +428,11 @@ mod tests {
             ]
         );
         assert_eq!(m.healthy(), ["127.0.0.1:8848", "127.0.0.1:8849"]);
+        assert_eq!(
+            m.next_report_target().as_deref(),
+            Some("127.0.0.1:8851"),
+            "the added member is reported to first"
+        );
         assert!(
             m.report_ok("127.0.0.1:8851"),
             "UP once a report goes through"
