@@ -29,8 +29,27 @@ pub struct GrpcConn {
     driver: Option<monoio::task::JoinHandle<()>>,
 }
 
-/// Called with each pushed `serviceInfo` (on the connection's thread).
-pub type OnPush = Box<dyn Fn(&Value)>;
+/// Called with the number of hosts of each pushed `serviceInfo` (on the
+/// connection's thread).
+pub type OnPush = Box<dyn Fn(usize)>;
+
+/// What the reader needs of a request from the server: its id and, for a
+/// push, the number of hosts. The hosts are skipped, not built: with
+/// `Value`, parsing 1,000 subscribers' pushes of a 50-host service took
+/// the generator's one thread about as long as the fan-out it measures.
+#[derive(serde::Deserialize)]
+struct Incoming<'a> {
+    #[serde(rename = "requestId", borrow, default)]
+    request_id: Option<std::borrow::Cow<'a, str>>,
+    #[serde(rename = "serviceInfo", default)]
+    service_info: Option<Pushed>,
+}
+
+#[derive(serde::Deserialize)]
+struct Pushed {
+    #[serde(default)]
+    hosts: Vec<serde::de::IgnoredAny>,
+}
 
 fn err(e: impl std::fmt::Display) -> String {
     let s = e.to_string();
@@ -146,11 +165,13 @@ impl GrpcConn {
                 };
                 let Ok(Some(m)) = next else { return };
                 let Ok(p) = codec::decode(&m) else { continue };
-                let v: Value = serde_json::from_slice(&p.body).unwrap_or(Value::Null);
-                let id = v["requestId"].as_str().unwrap_or("").to_string();
+                let Ok(v) = serde_json::from_slice::<Incoming>(&p.body) else {
+                    continue;
+                };
+                let id = v.request_id.as_deref().unwrap_or("").to_string();
                 let answer = match p.kind.as_str() {
                     "NotifySubscriberRequest" => {
-                        on_push(&v["serviceInfo"]);
+                        on_push(v.service_info.map_or(0, |i| i.hosts.len()));
                         "NotifySubscriberResponse"
                     }
                     "ClientDetectionRequest" => "ClientDetectionResponse",

@@ -343,8 +343,7 @@ pub fn push(
                     for id in ids {
                         let seen = seen.clone();
                         // Change j is seen when the pushed list holds j + 1 hosts.
-                        let on_push = Box::new(move |info: &Value| {
-                            let n = info["hosts"].as_array().map_or(0, |h| h.len());
+                        let on_push = Box::new(move |n: usize| {
                             let mut seen = seen.lock().unwrap();
                             if let Some(slot) = n.checked_sub(1).and_then(|j| seen.get_mut(j)) {
                                 slot[id].get_or_insert_with(Instant::now);
