@@ -26,7 +26,7 @@ use std::sync::Arc;
 
 use distro_registry::distro::hash::owner_index;
 use distro_registry::distro::hlc::{node_id, writer_id};
-use distro_registry::distro::leases::{HolderWatch, LEASE_HOLDER_GRACE_MS};
+use distro_registry::distro::leases::{HolderWatch, LEASE_HOLDER_GRACE_MS, STRANGER_SCAN_MS};
 use distro_registry::distro::members::{Membership, ReportOutcome};
 use distro_registry::distro::startup::{self, Answer, Decision};
 use distro_registry::distro::tasks::{TaskConfig, TaskMap};
@@ -221,6 +221,10 @@ impl Node {
         let now = self.clock(t);
         let all = self.member_list();
         self.holders.observe(&all, &self.healthy, now);
+        if (t - self.started).is_multiple_of(STRANGER_SCAN_MS) {
+            let holders = self.store.lease_holders();
+            self.holders.observe_holders(&holders, &self.addr, now);
+        }
         let mut gone = self.holders.gone(now, LEASE_HOLDER_GRACE_MS);
         if self.bugs.removed_holders_forgotten {
             gone.retain(|g| all.contains(g));
@@ -1007,10 +1011,9 @@ impl Sim {
             if self.nodes[r].up && self.ready_nodes().len() <= 1 {
                 return;
             }
-            if self.nodes[r].up {
-                self.crash_with(r, false);
-            }
-            self.nodes[r].disk = MemoryRows::default();
+            // Stopped for good with its disk: also a node already down,
+            // whose saved writes no other node has are lost.
+            self.crash_with(r, false);
             self.in_cluster[r] = false;
             list.retain(|a| *a != self.all[r]);
             self.log(format!("members: node {r} removed, {list:?}"));
@@ -1590,6 +1593,9 @@ fn seeds_keep_the_invariants() {
         violations.len(),
         start.elapsed().as_secs_f64()
     );
+    for v in &violations {
+        println!("  {}", v.lines().next().unwrap_or(""));
+    }
     if let Some(first) = violations.first() {
         panic!("{first}");
     }

@@ -11,7 +11,7 @@ use serde::{Deserialize, Serialize};
 
 use super::client::{PeerClient, PeerRequest};
 use super::{ClusterShared, View, WRITER_SHARD_BITS};
-use crate::distro::leases::{HolderWatch, LEASE_HOLDER_GRACE_MS};
+use crate::distro::leases::{HolderWatch, LEASE_HOLDER_GRACE_MS, STRANGER_SCAN_MS};
 use crate::distro::tasks::{TaskConfig, TaskMap};
 use crate::distro::verify::keys_to_fetch;
 use crate::reply::Reply;
@@ -67,6 +67,8 @@ pub struct ShardCluster {
     /// Since when members are out of the healthy list (for the leases of
     /// the connections they hold).
     holders: HolderWatch,
+    /// When this shard last looked for holders that are not members.
+    strangers_scanned_ms: u64,
 }
 
 /// What a clustered shard holds besides its store.
@@ -91,6 +93,7 @@ impl ClusterCtx {
                 relay_flushed_ms: 0,
                 peer_failures: HashMap::new(),
                 holders: HolderWatch::default(),
+                strangers_scanned_ms: 0,
             }),
             client: PeerClient::new(shared.token()),
             verifying: RefCell::new(HashSet::new()),
@@ -316,6 +319,11 @@ impl ShardCtx {
             let members: Vec<String> =
                 shared.with_members(|m| m.members().iter().map(|x| x.address.clone()).collect());
             st.holders.observe(&members, &st.view.healthy, now_ms);
+            if now_ms >= st.strangers_scanned_ms + STRANGER_SCAN_MS {
+                st.strangers_scanned_ms = now_ms;
+                let holders = self.state.borrow().store.lease_holders();
+                st.holders.observe_holders(&holders, &shared.me, now_ms);
+            }
             LeasePolicy {
                 me: shared.me.clone(),
                 boot: self.shared.boot_ms,

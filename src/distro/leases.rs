@@ -12,6 +12,9 @@ use std::collections::BTreeMap;
 /// within about 25 s, inside the 30 s delete timeout; a member back
 /// within it (a short partition, a restart) loses nothing.
 pub const LEASE_HOLDER_GRACE_MS: u64 = 10_000;
+/// How often a node looks for holders that are not members
+/// (`HolderWatch::observe_holders`: one pass over its instances).
+pub const STRANGER_SCAN_MS: u64 = 5_000;
 
 /// Since when each member has been out of the healthy list.
 #[derive(Debug, Clone, Default)]
@@ -38,6 +41,20 @@ impl HolderWatch {
                 self.left_at.remove(m);
             } else {
                 self.left_at.entry(m.clone()).or_insert(now_ms);
+            }
+        }
+    }
+
+    /// Records the holders of connection-bound records this node holds: a
+    /// holder that is not a member (one removed before this node started,
+    /// or added on the other nodes and not yet here) is out since this node
+    /// first saw it. Its records go after the grace unless it becomes a
+    /// member and healthy meanwhile (and if it was live after all, it
+    /// re-asserts them when the retirement reaches it).
+    pub fn observe_holders(&mut self, holders: &[String], me: &str, now_ms: u64) {
+        for h in holders {
+            if h != me && !self.members.contains(h) {
+                self.left_at.entry(h.clone()).or_insert(now_ms);
             }
         }
     }
@@ -99,5 +116,17 @@ mod tests {
         assert_eq!(w.gone(210, 10), s(&["b", "c"]), "c out since 200, not 300");
         w.observe(&s(&["a", "b"]), &s(&["a", "b"]), 400);
         assert_eq!(w.gone(1_000, 10), s(&["c"]), "b added back and healthy");
+    }
+
+    #[test]
+    fn a_holder_that_is_no_member_is_out_since_it_was_first_seen() {
+        let mut w = HolderWatch::default();
+        w.observe(&s(&["a", "b"]), &s(&["a", "b"]), 0);
+        w.observe_holders(&s(&["a", "x"]), "a", 100);
+        w.observe_holders(&s(&["x"]), "a", 500);
+        assert!(w.gone(109, 10).is_empty(), "members are not strangers");
+        assert_eq!(w.gone(110, 10), s(&["x"]), "out since 100");
+        w.observe(&s(&["a", "b", "x"]), &s(&["a", "b", "x"]), 600);
+        assert!(w.gone(1_000, 10).is_empty(), "a member now, and healthy");
     }
 }

@@ -146,10 +146,9 @@ pub struct LeasePolicy {
 impl LeasePolicy {
     /// A lease stays while its holder is this node in this incarnation, or
     /// another node that is not gone. A lease of this node's earlier
-    /// incarnation died with it. A holder this node never had as a member
-    /// is kept: it may be a member added on the other nodes first (issue
-    /// 14); the nodes that saw it removed retire its records, and their
-    /// retirements travel like any write.
+    /// incarnation died with it. A holder that is no member is gone only
+    /// once it has been seen for the grace (`HolderWatch`): it may be a
+    /// member added on the other nodes first (issue 14).
     pub fn keeps(&self, lease: &Lease) -> bool {
         if lease.holder == self.me {
             return lease.boot == self.boot;

@@ -276,6 +276,20 @@ impl Store {
         std::mem::take(&mut self.reasserted)
     }
 
+    /// The holders of the connections this store's records are bound to,
+    /// sorted (one pass over the instances).
+    pub fn lease_holders(&self) -> Vec<String> {
+        let mut out: std::collections::BTreeSet<&str> = Default::default();
+        for s in self.services.values() {
+            for i in s.instances.values() {
+                if let Some(l) = &i.conn {
+                    out.insert(&l.holder);
+                }
+            }
+        }
+        out.into_iter().map(str::to_string).collect()
+    }
+
     /// Sets which connection leases stay and retires every record bound
     /// to one that no longer does (its tombstone's version is
     /// `Version::retired`, the same on every node). Returns the services
