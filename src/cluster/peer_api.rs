@@ -275,7 +275,6 @@ async fn verify_inner(
     msg: Checksums,
 ) -> Result<(), String> {
     let cores = ctx.shared.inboxes.len();
-    ctx.refresh_view(now_ms());
     let same_view = ctx
         .cluster
         .as_ref()
