@@ -196,6 +196,12 @@ impl ClusterShared {
             epoch: m.epoch(),
             healthy: m.healthy(),
             me: m.me().to_string(),
+            down: m
+                .members()
+                .iter()
+                .filter(|x| x.state == crate::distro::members::State::Down)
+                .map(|x| x.address.clone())
+                .collect(),
         })
     }
 
@@ -259,6 +265,9 @@ pub struct View {
     pub epoch: u64,
     pub healthy: Vec<String>,
     pub me: String,
+    /// Members that are DOWN: what is written meanwhile is kept for them
+    /// (`ShardCluster::missed`).
+    pub down: Vec<String>,
 }
 
 impl View {

@@ -30,6 +30,9 @@ pub const DATUM_BATCH_BYTES_MAX: usize = 4 * 1024 * 1024;
 pub const RELAY_QUEUE_MAX: usize = 100_000;
 /// Relayed beats per request to the owner.
 pub const RELAY_BATCH_MAX: usize = 10_000;
+/// Services kept per DOWN member for when it turns UP; past it the rest
+/// reaches it with the verify rounds.
+pub const MISSED_KEYS_MAX: usize = 100_000;
 /// Relayed beats are sent at least this often (SPEC 4.3: within 500 ms).
 pub const RELAY_FLUSH_MS: u64 = 200;
 
@@ -62,6 +65,10 @@ pub struct ShardCluster {
     pub tasks: TaskMap,
     relay: HashMap<String, Vec<RelayedBeat>>,
     relay_flushed_ms: u64,
+    /// Services changed here while a member was DOWN, per member, handed to
+    /// it when it turns UP (issue 14, item 5): an owner's early verify
+    /// round does not list a service that moved away from it meanwhile.
+    missed: HashMap<String, HashSet<String>>,
     /// Failed replication sends in a row, per peer (the backoff exponent).
     peer_failures: HashMap<String, u32>,
     /// Since when members are out of the healthy list (for the leases of
@@ -91,6 +98,7 @@ impl ClusterCtx {
                 }),
                 relay: HashMap::new(),
                 relay_flushed_ms: 0,
+                missed: HashMap::new(),
                 peer_failures: HashMap::new(),
                 holders: HolderWatch::default(),
                 strangers_scanned_ms: 0,
@@ -125,12 +133,22 @@ impl ShardCtx {
             .store
             .grant_ownership_grace(now_ms, |g| new.owns(g) && !old.owns(g));
         let mut st = cl.state.borrow_mut();
+        let mut handed = 0;
+        for peer in new.healthy.iter().filter(|p| !old.healthy.contains(p)) {
+            if let Some(keys) = st.missed.remove(peer) {
+                handed += keys.len();
+                for k in keys {
+                    st.tasks.mark(&k, std::slice::from_ref(peer), now_ms);
+                }
+            }
+        }
+        st.missed.retain(|p, _| new.down.contains(p));
         for gone in old.healthy.iter().filter(|p| !new.healthy.contains(p)) {
             st.tasks.forget_peer(gone);
             st.relay.remove(gone);
             cl.client.forget(gone);
         }
-        tracing::info!(shard = self.id, epoch = new.epoch, healthy = ?new.healthy, granted, "member view changed");
+        tracing::info!(shard = self.id, epoch = new.epoch, healthy = ?new.healthy, granted, handed, "member view changed");
     }
 
     /// The owner of a grouped service when it is another node.
@@ -149,6 +167,13 @@ impl ShardCtx {
             let mut st = cl.state.borrow_mut();
             let others = st.view.others();
             st.tasks.mark(full_key, &others, now_ms);
+            let st = &mut *st;
+            for p in &st.view.down {
+                let keys = st.missed.entry(p.clone()).or_default();
+                if keys.len() < MISSED_KEYS_MAX && !keys.contains(full_key) {
+                    keys.insert(full_key.to_string());
+                }
+            }
         }
     }
 
