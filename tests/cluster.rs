@@ -141,13 +141,7 @@ fn register(n: &Node, svc: &str, ip: &str, extra: &str) -> Resp {
 }
 
 fn ips(n: &Node, svc: &str) -> BTreeSet<String> {
-    let v = n.json(&format!("/nacos/v1/ns/instance/list?serviceName={svc}"));
-    v["hosts"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|h| h["ip"].as_str().unwrap().to_string())
-        .collect()
+    n.ips(svc)
 }
 
 fn healthy_ips(n: &Node, svc: &str) -> BTreeSet<String> {
@@ -371,12 +365,7 @@ fn owner_killed_while_clients_beat_loses_nothing_and_comes_back_whole() {
 }
 
 fn owner_of_via(c: &Cluster, i: usize, svc: &str) -> String {
-    c.node(i).json(&format!(
-        "/nacos/v1/ns/operator/distro/server?serviceName={svc}"
-    ))["responsibleServer"]
-        .as_str()
-        .unwrap()
-        .to_string()
+    c.node(i).owner(svc)
 }
 
 fn form_encode(s: &str) -> String {

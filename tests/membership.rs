@@ -102,6 +102,16 @@ impl Cluster {
         self.nodes[i] = Some(Node::start_raw(&a));
     }
 
+    /// Starts `members` with that list and waits until each is ready.
+    fn start_members(&mut self, members: &[usize]) {
+        for &i in members {
+            self.start(i, members);
+        }
+        for &i in members {
+            self.wait_ready(i);
+        }
+    }
+
     fn node(&self, i: usize) -> &Node {
         self.nodes[i].as_ref().expect("node running")
     }
@@ -150,7 +160,7 @@ impl Cluster {
             let owners: BTreeSet<String> = self
                 .running()
                 .iter()
-                .map(|&i| owner(self.node(i), s))
+                .map(|&i| self.node(i).owner(s))
                 .collect();
             owners.len() == 1
         })
@@ -175,25 +185,6 @@ impl Drop for Cluster {
         self.nodes.clear();
         let _ = std::fs::remove_dir_all(&self.dir);
     }
-}
-
-fn owner(n: &Node, svc: &str) -> String {
-    n.json(&format!(
-        "/nacos/v1/ns/operator/distro/server?serviceName={svc}"
-    ))["responsibleServer"]
-        .as_str()
-        .unwrap()
-        .to_string()
-}
-
-fn ips(n: &Node, svc: &str) -> BTreeSet<String> {
-    let v = n.json(&format!("/nacos/v1/ns/instance/list?serviceName={svc}"));
-    v["hosts"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|h| h["ip"].as_str().unwrap().to_string())
-        .collect()
 }
 
 /// One request to `addr` on a fresh connection: (status, body), or None
@@ -312,7 +303,7 @@ impl Load {
     fn held_by(&self, n: &Node) -> Result<(), String> {
         let live = self.live.lock().unwrap().clone();
         for (svc, want) in &live {
-            let got = ips(n, svc);
+            let got = n.ips(svc);
             if &got != want {
                 return Err(format!("{svc}: {got:?}, want {want:?}"));
             }
@@ -325,12 +316,7 @@ impl Load {
 fn members_join_and_leave_a_live_cluster_under_registrations_and_beats() {
     let mut c = Cluster::new(5, "grow", false);
     let three = [0, 1, 2];
-    for i in three {
-        c.start(i, &three);
-    }
-    for i in three {
-        c.wait_ready(i);
-    }
+    c.start_members(&three);
     let services: Vec<String> = (0..10).map(|k| format!("m-svc-{k}")).collect();
     c.wait_agree(&three, &services, Instant::now());
     let load = Arc::new(Load {
@@ -460,7 +446,7 @@ fn members_join_and_leave_a_live_cluster_under_registrations_and_beats() {
             load.held_by(c.node(i))
         );
         for (svc, ip) in load.gone.lock().unwrap().iter() {
-            assert!(!ips(c.node(i), svc).contains(ip), "{svc} {ip} back on {i}");
+            assert!(!c.node(i).ips(svc).contains(ip), "{svc} {ip} back on {i}");
         }
     }
     let problems = load.problems.lock().unwrap().clone();
@@ -570,19 +556,14 @@ fn record_node(n: &Node, svc: &str, ip: &str) -> Option<u64> {
 fn a_node_restarted_with_another_member_list_keeps_its_writer_identity() {
     let mut c = Cluster::new(4, "restart", true);
     let three = [0, 1, 2];
-    for i in three {
-        c.start(i, &three);
-    }
-    for i in three {
-        c.wait_ready(i);
-    }
+    c.start_members(&three);
     c.wait_agree(&three, &[], Instant::now());
     let addrs = c.addrs.clone();
     let id = |i: usize| distro_registry::distro::hlc::node_id(&addrs[i]).unwrap();
     // A service node 0 owns: its writes carry node 0's id everywhere.
     let svc = (0..200)
         .map(|k| format!("w-svc-{k}"))
-        .find(|s| owner(c.node(0), s) == c.addrs[0])
+        .find(|s| c.node(0).owner(s) == c.addrs[0])
         .unwrap();
     let reg = |n: &Node, ip: &str| {
         let path =
@@ -622,6 +603,6 @@ fn a_node_restarted_with_another_member_list_keeps_its_writer_identity() {
             .all(|&i| record_node(c.node(i), &svc, "10.8.0.2") == Some(id(0)))
     }));
     for i in three {
-        assert_eq!(ips(c.node(i), &svc).len(), 2);
+        assert_eq!(c.node(i).ips(&svc).len(), 2);
     }
 }

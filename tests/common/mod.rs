@@ -149,6 +149,26 @@ impl Node {
             .unwrap_or_else(|| panic!("no metric {name}"))
     }
 
+    /// The IPs a service lists on this node (1.x list API, default group).
+    pub fn ips(&self, svc: &str) -> std::collections::BTreeSet<String> {
+        self.json(&format!("/nacos/v1/ns/instance/list?serviceName={svc}"))["hosts"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|h| h["ip"].as_str().unwrap().to_string())
+            .collect()
+    }
+
+    /// The member this node names as a service's owner.
+    pub fn owner(&self, svc: &str) -> String {
+        self.json(&format!(
+            "/nacos/v1/ns/operator/distro/server?serviceName={svc}"
+        ))["responsibleServer"]
+            .as_str()
+            .unwrap()
+            .to_string()
+    }
+
     pub fn json(&self, path_and_query: &str) -> serde_json::Value {
         let r = self.get(path_and_query);
         assert_eq!(r.status, 200, "GET {path_and_query}: {}", r.body);
