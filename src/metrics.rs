@@ -81,6 +81,11 @@ pub struct ShardStats {
     /// Versions from peers refused for being too far in the future
     /// (`hlc::DRIFT_MAX_MS`); copied from the store by housekeeping.
     pub future_versions_refused: AtomicU64,
+    /// Services sent back to a peer whose datum was older here (read repair).
+    pub read_repairs: AtomicU64,
+    /// Persistent and service tombstones purged before their time
+    /// (`store::PERSISTENT_TOMBSTONES_MAX`); copied by housekeeping.
+    pub tombstones_purged_early: AtomicU64,
     /// `[endpoint][code]`.
     requests: Vec<AtomicU64>,
     /// `[endpoint][bucket]`, non-cumulative; the last is +Inf.
@@ -125,6 +130,8 @@ impl Default for ShardStats {
             datums_merged: AtomicU64::new(0),
             verify_fetches: AtomicU64::new(0),
             future_versions_refused: AtomicU64::new(0),
+            tombstones_purged_early: AtomicU64::new(0),
+            read_repairs: AtomicU64::new(0),
             requests: zeros(ENDPOINTS * CODES.len()),
             latency: zeros(ENDPOINTS * (LATENCY_BUCKETS_US.len() + 1)),
             latency_sum_us: zeros(ENDPOINTS),
@@ -201,7 +208,7 @@ pub fn render(shards: &[ShardStats], inboxes: &[InboxStats], open_connections: u
         "registry_grpc_connections {}",
         sum(|s| &s.grpc_connections)
     );
-    let counters: [(&str, &str, Field); 22] = [
+    let counters: [(&str, &str, Field); 24] = [
         (
             "registry_forwarded_total",
             "Writes forwarded to the service's owner node.",
@@ -246,6 +253,16 @@ pub fn render(shards: &[ShardStats], inboxes: &[InboxStats], open_connections: u
             "registry_future_versions_refused_total",
             "Peer records refused for a version too far ahead of this node's clock.",
             |s| &s.future_versions_refused,
+        ),
+        (
+            "registry_read_repairs_total",
+            "Services sent back to a peer whose replicated copy was older than this node's.",
+            |s| &s.read_repairs,
+        ),
+        (
+            "registry_tombstones_purged_early_total",
+            "Persistent and service tombstones purged before their 24 h for the per-shard cap.",
+            |s| &s.tombstones_purged_early,
         ),
         (
             "registry_push_sent_total",

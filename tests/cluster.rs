@@ -79,6 +79,24 @@ impl Cluster {
         a
     }
 
+    /// Three members, each with a data directory under a fresh
+    /// `dr-cluster-TAG-PID`, started and UP.
+    fn with_data_dirs(tag: &str) -> (Cluster, std::path::PathBuf) {
+        let dir = format!("dr-cluster-{tag}-{}", std::process::id());
+        let data = std::env::temp_dir().join(dir);
+        let _ = std::fs::remove_dir_all(&data);
+        let mut c = Cluster::new(&[], &[]);
+        c.data = Some(data.clone());
+        for i in 0..3 {
+            c.start(i);
+        }
+        for i in 0..3 {
+            c.wait_ready(i);
+        }
+        c.wait_up(3);
+        (c, data)
+    }
+
     fn start(&mut self, i: usize) {
         self.nodes[i] = Some(Node::start_raw(&self.args(i)));
     }
@@ -828,17 +846,7 @@ fn a_cluster_token_mismatch_is_logged_and_shown_in_the_member_state() {
 /// instances are listed at once and kept while their clients beat.
 #[test]
 fn a_whole_cluster_killed_and_restarted_keeps_what_it_acknowledged() {
-    let data = std::env::temp_dir().join(format!("dr-cluster-restart-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&data);
-    let mut c = Cluster::new(&[], &[]);
-    c.data = Some(data.clone());
-    for i in 0..3 {
-        c.start(i);
-    }
-    for i in 0..3 {
-        c.wait_ready(i);
-    }
-    c.wait_up(3);
+    let (mut c, data) = Cluster::with_data_dirs("restart");
     let services: Vec<String> = (0..6).map(|k| format!("keep-{k}")).collect();
     for (k, s) in services.iter().enumerate() {
         let via = c.node(k % 3);
@@ -985,4 +993,54 @@ fn writes_made_before_members_are_up_reach_them_within_a_report_interval() {
         );
     }
     println!("every node had all 300 after {:?}", started.elapsed());
+}
+
+/// A persistent write acknowledged by a node that no peer heard (here:
+/// the others were down), which then crashes and stays down longer than
+/// the ephemeral tombstone horizon, is back after its restart and
+/// reaches the others; one deleted while it was down stays deleted
+/// (simulation seed 1268; persistent tombstones are kept 24 h).
+#[test]
+fn a_persistent_write_only_the_crashed_node_had_survives_its_late_restart() {
+    let (mut c, data) = Cluster::with_data_dirs("late");
+    let svc = "late-restart";
+    for ip in ["10.13.0.1", "10.13.0.2"] {
+        assert_eq!(register(c.node(0), svc, ip, "&ephemeral=false").status, 200);
+    }
+    let both: BTreeSet<String> = ["10.13.0.1", "10.13.0.2"].map(String::from).into();
+    for i in 0..3 {
+        assert!(eventually(Duration::from_secs(5), || ips(c.node(i), svc) == both));
+    }
+    // Node 0 alone: its write reaches no one.
+    c.kill9(1);
+    c.kill9(2);
+    let r = register(c.node(0), svc, "10.13.0.3", "&ephemeral=false");
+    assert_eq!(r.status, 200, "{}", r.body);
+    c.kill9(0);
+    c.start(1);
+    c.start(2);
+    c.wait_ready(1);
+    c.wait_ready(2);
+    // While node 0 is down: .2 is deleted.
+    let del = c.node(1).req(
+        "DELETE",
+        &format!("/nacos/v1/ns/instance?serviceName={svc}&ip=10.13.0.2&port=8080&ephemeral=false"),
+        "",
+    );
+    assert_eq!(del.status, 200, "{}", del.body);
+    // Past the ephemeral tombstone TTL (6 s delete timeout + 10 s): an
+    // ephemeral tombstone of .2 would be gone by now.
+    std::thread::sleep(Duration::from_secs(17));
+    c.start(0);
+    c.wait_ready(0);
+    let expected: BTreeSet<String> = ["10.13.0.1", "10.13.0.3"].map(String::from).into();
+    for i in 0..3 {
+        assert!(
+            eventually(Duration::from_secs(10), || ips(c.node(i), svc) == expected),
+            "node {i}: {:?}",
+            ips(c.node(i), svc)
+        );
+    }
+    drop(c);
+    let _ = std::fs::remove_dir_all(&data);
 }

@@ -185,7 +185,7 @@ async fn merge_stream(ctx: &Rc<ShardCtx>, body: &[u8]) -> Result<(usize, usize),
             .fetch_add(merged, Ordering::Relaxed);
     }
     if !elsewhere.is_empty() {
-        merge_everywhere(ctx, elsewhere)
+        merge_everywhere(ctx, elsewhere, None)
             .await
             .map_err(|r| format!("merge: status {}", r.status))?;
     }
@@ -358,10 +358,7 @@ async fn verify_loop(ctx: Rc<ShardCtx>) {
             checksums: parts.into_iter().flatten().collect(),
         };
         let body = Rc::new(serde_json::to_vec(&msg).expect("checksums serialize"));
-        let target = format!(
-            "/nacos/v1/ns/distro/checksum?source={}",
-            form_urlencoded::byte_serialize(shared.me.as_bytes()).collect::<String>()
-        );
+        let target = format!("/nacos/v1/ns/distro/checksum?{}", shared.source_param());
         for peer in targets {
             let (ctx, body, target) = (ctx.clone(), body.clone(), target.clone());
             monoio::spawn(async move {

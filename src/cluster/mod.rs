@@ -62,6 +62,12 @@ pub struct ClusterShared {
 }
 
 impl ClusterShared {
+    /// `source=<this node>` for a peer request's query.
+    pub fn source_param(&self) -> String {
+        let me: String = form_urlencoded::byte_serialize(self.me.as_bytes()).collect();
+        format!("source={me}")
+    }
+
     pub fn new(me: &str, peers: &[String], token: &str) -> ClusterShared {
         let members = Membership::new(me, peers);
         let start_sorted = members

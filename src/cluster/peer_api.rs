@@ -62,10 +62,19 @@ pub async fn handle(ctx: &Rc<ShardCtx>, endpoint: Endpoint, req: &Request<'_>) -
     match endpoint {
         Endpoint::ClusterReport => report(shared, &req.body),
         Endpoint::DistroDatumPut => match serde_json::from_slice::<Vec<Datum>>(&req.body) {
-            Ok(datums) => match merge_everywhere(ctx, datums).await {
-                Ok(n) => Reply::text(200, n.to_string()),
-                Err(r) => r,
-            },
+            Ok(datums) => {
+                // The sender, to be sent back what it had older (read
+                // repair); older nodes do not say.
+                let params = Params::parse(req.query, None);
+                let source = params
+                    .get("source")
+                    .filter(|s| *s != shared.me && shared.is_member(s))
+                    .map(str::to_string);
+                match merge_everywhere(ctx, datums, source).await {
+                    Ok(n) => Reply::text(200, n.to_string()),
+                    Err(r) => r,
+                }
+            }
             Err(e) => Reply::bad_request(format!("not a datum list: {e}")),
         },
         Endpoint::DistroDatumGet => {
@@ -214,7 +223,13 @@ fn report(shared: &ClusterShared, body: &[u8]) -> Reply {
 }
 
 /// Merges datums into the shards that hold their services.
-pub async fn merge_everywhere(ctx: &Rc<ShardCtx>, datums: Vec<Datum>) -> Result<usize, Reply> {
+/// With `source` (the peer they came from), what it had older than this
+/// node is sent back to it.
+pub async fn merge_everywhere(
+    ctx: &Rc<ShardCtx>,
+    datums: Vec<Datum>,
+    source: Option<String>,
+) -> Result<usize, Reply> {
     let cores = ctx.shared.inboxes.len();
     let mut per: Vec<Vec<Datum>> = vec![Vec::new(); cores];
     for d in datums {
@@ -226,8 +241,11 @@ pub async fn merge_everywhere(ctx: &Rc<ShardCtx>, datums: Vec<Datum>) -> Result<
         if ds.is_empty() {
             continue;
         }
+        let source = source.clone();
         merged += ctx
-            .run_on(shard, move |c| c.merge_datums(ds, now_ms()))
+            .run_on(shard, move |c| {
+                c.merge_datums(ds, source.as_deref(), now_ms())
+            })
             .await?;
     }
     Ok(merged)
@@ -316,7 +334,7 @@ async fn verify_inner(
             return Err(format!("fetch: status {}", reply.status));
         }
         let datums: Vec<Datum> = serde_json::from_slice(&reply.body).map_err(|e| e.to_string())?;
-        merge_everywhere(ctx, datums)
+        merge_everywhere(ctx, datums, Some(source.to_string()))
             .await
             .map_err(|r| format!("merge: status {}", r.status))?;
         // Whatever still differs holds records the source lacks.

@@ -313,17 +313,34 @@ impl ShardCtx {
         n
     }
 
-    /// Merges peers' datums into this shard's store.
-    pub fn merge_datums(&self, datums: Vec<Datum>, now_ms: u64) -> usize {
+    /// Merges peers' datums into this shard's store. Services of which
+    /// `source` (the sender) had an older copy are replicated back to it
+    /// (read repair, `Store::merge_from_peer`).
+    pub fn merge_datums(&self, datums: Vec<Datum>, source: Option<&str>, now_ms: u64) -> usize {
         let mut merged = 0;
         let mut st = self.state.borrow_mut();
         let st = &mut *st;
+        let mut stale = Vec::new();
         for d in datums {
             let key = ServiceId::new(&d.namespace, &d.group, &d.name);
-            if st.store.merge(d, now_ms) {
+            let (changed, older) = st.store.merge_from_peer(d, now_ms);
+            if changed {
                 merged += 1;
                 st.push.changed(key.full_key(), now_ms);
             }
+            if older {
+                stale.push(key.full_key().to_string());
+            }
+        }
+        if let (Some(source), Some(cl), false) = (source, &self.cluster, stale.is_empty()) {
+            let mut cs = cl.state.borrow_mut();
+            let to = [source.to_string()];
+            for k in &stale {
+                cs.tasks.mark(k, &to, now_ms);
+            }
+            self.stats()
+                .read_repairs
+                .fetch_add(stale.len() as u64, Ordering::Relaxed);
         }
         self.stats()
             .datums_merged
@@ -432,7 +449,9 @@ impl ShardCtx {
 
 async fn send_datums(ctx: Rc<ShardCtx>, peer: String, services: Vec<String>, body: Vec<u8>) {
     let cl = ctx.cluster.as_ref().expect("clustered");
-    let req = PeerRequest::json("PUT", "/nacos/v1/ns/distro/datum", &body);
+    let shared = ctx.shared.cluster.as_ref().expect("clustered");
+    let path = format!("/nacos/v1/ns/distro/datum?{}", shared.source_param());
+    let req = PeerRequest::json("PUT", &path, &body);
     let result = cl.client.send(&peer, &req).await;
     let stats = ctx.stats();
     let mut st = cl.state.borrow_mut();

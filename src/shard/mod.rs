@@ -296,6 +296,8 @@ impl ShardCtx {
             .store(st.push.subscriber_count() as u64, Ordering::Relaxed);
         s.future_versions_refused
             .store(st.store.future_versions_refused(), Ordering::Relaxed);
+        s.tombstones_purged_early
+            .store(st.store.tombstones_purged_early(), Ordering::Relaxed);
     }
 
     /// Handles one message; true when it was a request (it held a place

@@ -76,7 +76,7 @@ pub enum InstanceRow {
         version: Version,
         lease: Option<Lease>,
     },
-    Tombstone(Version),
+    Tombstone(super::service::Tomb),
 }
 
 /// `datum::WireRecord`'s order (the same array a datum carries).
@@ -121,10 +121,12 @@ impl InstanceRow {
                     .as_ref()
                     .map(|l| (l.holder.as_str(), l.boot, l.serial)),
             ),
-            InstanceRow::Tombstone(v) => {
+            InstanceRow::Tombstone(t) => {
                 let (ip, port, cluster) = split_key(key);
+                let (v, ephemeral) = (t.version, !t.persistent);
                 WireRow(
-                    ip, port, cluster, 0.0, false, false, true, &empty, v.hlc, v.writer, true, None,
+                    ip, port, cluster, 0.0, false, false, ephemeral, &empty, v.hlc, v.writer, true,
+                    None,
                 )
             }
         };
@@ -474,18 +476,26 @@ pub const UNCONFIRMED_MARGIN_MS: u64 = 10_000;
 
 impl Store {
     /// For a clustered node that restored its store: holds back every
-    /// restored instance older than the tombstone horizon until its peers
-    /// confirm it (`Unconfirmed`). Returns how many are held back.
+    /// restored instance older than the tombstone horizon of its kind
+    /// (persistent instances: `PERSISTENT_TOMBSTONE_TTL_MS`) until its
+    /// peers confirm it (`Unconfirmed`). Returns how many are held back.
     pub fn hold_back_restored(&mut self, now_ms: u64) -> usize {
-        let horizon =
-            now_ms.saturating_sub(self.tombstone_ttl_ms.saturating_sub(UNCONFIRMED_MARGIN_MS));
+        // Per kind: a persistent instance's tombstone is kept longer.
+        let horizon = |persistent: bool| {
+            let ttl = super::ttl_of(self.tombstone_ttl_ms, persistent);
+            now_ms.saturating_sub(ttl.saturating_sub(UNCONFIRMED_MARGIN_MS))
+        };
+        let (short, long) = (horizon(false), horizon(true));
         let mut u = Unconfirmed::default();
         let mut n = 0;
         for s in self.services.values() {
             let old: super::Map<Arc<str>, Version> = s
                 .instances
                 .values()
-                .filter(|i| crate::distro::hlc::physical_ms(i.version.hlc) < horizon)
+                .filter(|i| {
+                    let h = if i.ephemeral { short } else { long };
+                    crate::distro::hlc::physical_ms(i.version.hlc) < h
+                })
                 .map(|i| (i.key.clone(), i.version))
                 .collect();
             if !old.is_empty() {
@@ -653,7 +663,7 @@ impl Store {
                     lease: i.conn.as_deref().cloned(),
                 });
             }
-            s.tombstones.get(k).map(|v| InstanceRow::Tombstone(*v))
+            s.tombstones.get(k).map(|t| InstanceRow::Tombstone(*t))
         };
         let instances = match (clear, live) {
             // Everything was deleted: write back all that is there now.

@@ -23,7 +23,7 @@ use crate::distro::hlc::{Hlc, Version};
 use crate::reply::Reply;
 use expiry::TimerWheel;
 use instance::{Instance, InstanceAddr, InstanceData, InstanceSpec, Metadata, Timeouts};
-use service::{ListVariant, Service, ServiceId};
+use service::{ListVariant, Service, ServiceId, Tomb};
 
 /// What a beat JSON adds to a beat: enough to register the instance when it
 /// is unknown. (A beat never changes a known instance's fields.)
@@ -209,8 +209,43 @@ pub(crate) fn shrink_sparse<K: Eq + std::hash::Hash, V>(map: &mut Map<K, V>) {
     }
 }
 
+/// The queue a tombstone's purge waits in, by its kind.
+fn purge_queue<'a>(
+    short: &'a mut VecDeque<Purge>,
+    long: &'a mut VecDeque<Purge>,
+    persistent: bool,
+) -> &'a mut VecDeque<Purge> {
+    if persistent {
+        long
+    } else {
+        short
+    }
+}
+
+/// How long a tombstone is kept: `ttl` for an ephemeral instance's.
+fn ttl_of(ttl: u64, persistent: bool) -> u64 {
+    if persistent {
+        PERSISTENT_TOMBSTONE_TTL_MS.max(ttl)
+    } else {
+        ttl
+    }
+}
+
 /// Tombstones outlive the delete timeout by two verify rounds (5 s each).
 pub const TOMBSTONE_VERIFY_ROUNDS_MS: u64 = 2 * 5_000;
+
+/// Tombstones of persistent instances and of services are kept this long
+/// (ephemeral ones: the tombstone TTL, 40 s by default). A clustered node
+/// that restarts from its store merges back the persistent records it
+/// saved in this window as they are; only older ones wait for a peer to
+/// confirm them (docs/durability.md). Persistent deletes are rare: a day
+/// of them is small.
+pub const PERSISTENT_TOMBSTONE_TTL_MS: u64 = 24 * 3_600_000;
+
+/// At most this many persistent and service tombstones per shard wait for
+/// their purge; past it the oldest go early (counted in
+/// `registry_tombstones_purged_early_total`).
+pub const PERSISTENT_TOMBSTONES_MAX: usize = 1_000_000;
 
 /// Hash maps keyed by names from the network: foldhash is several times
 /// faster than SipHash on short strings and is seeded per process.
@@ -231,11 +266,18 @@ pub struct Store {
     /// How long tombstones are kept (docs/distro.md: two verify rounds
     /// plus the delete timeout).
     tombstone_ttl_ms: u64,
-    /// Tombstones in creation order, so in purge order (one TTL for all):
-    /// (purge at, service key, instance key or None for the service, the
+    /// Ephemeral instances' tombstones in creation order, so in purge
+    /// order (one TTL for all): (purge at, service key, instance key, the
     /// tombstone's version: a newer tombstone of the same key outlives an
     /// older entry; found by the simulation).
     purges: VecDeque<Purge>,
+    /// The same for persistent instances' and services' tombstones
+    /// (`PERSISTENT_TOMBSTONE_TTL_MS`, at most `PERSISTENT_TOMBSTONES_MAX`).
+    purges_long: VecDeque<Purge>,
+    /// Entries `purges_long` gave up before their time (the cap).
+    purged_early: u64,
+    /// `PERSISTENT_TOMBSTONES_MAX` (smaller in tests).
+    purges_long_max: usize,
     /// Deleted services: their id and the version of the delete.
     service_tombstones: Map<Rc<str>, (ServiceId, Version)>,
     /// Versions from peers refused for being too far in the future
@@ -248,6 +290,8 @@ pub struct Store {
     reasserted: Vec<String>,
     /// Keys changed since the last save; None when nothing is saved.
     journal: Option<journal::Journal>,
+    /// Set by a merge that met an older copy (`merge_from_peer`).
+    merged_stale: bool,
     /// Restored records a clustered node waits to see confirmed by its
     /// startup snapshot (`journal::Unconfirmed`).
     unconfirmed: Option<journal::Unconfirmed>,
@@ -287,11 +331,15 @@ impl Store {
             stamp: Stamp::default(),
             tombstone_ttl_ms: TOMBSTONE_VERIFY_ROUNDS_MS + defaults.delete_timeout_ms,
             purges: VecDeque::new(),
+            purges_long: VecDeque::new(),
+            purged_early: 0,
+            purges_long_max: PERSISTENT_TOMBSTONES_MAX,
             service_tombstones: Map::default(),
             future_versions_refused: 0,
             lease_policy: None,
             reasserted: Vec::new(),
             journal: None,
+            merged_stale: false,
             unconfirmed: None,
         }
     }
@@ -307,23 +355,55 @@ impl Store {
     }
 
     /// Replaces a deleted instance's record by a tombstone.
-    fn bury(&mut self, svc_key: &Rc<str>, inst_key: Arc<str>, now_ms: u64) {
+    fn bury(&mut self, svc_key: &Rc<str>, inst_key: Arc<str>, persistent: bool, now_ms: u64) {
         let version = self.next_version(now_ms);
-        self.bury_at(svc_key, inst_key, version, now_ms);
+        self.bury_at(
+            svc_key,
+            inst_key,
+            Tomb {
+                version,
+                persistent,
+            },
+            now_ms,
+        );
     }
 
-    /// Leaves a tombstone of `version` for an instance, purged after the TTL.
-    fn bury_at(&mut self, svc_key: &Rc<str>, inst_key: Arc<str>, version: Version, now_ms: u64) {
+    /// Leaves a tombstone for an instance, purged after its kind's TTL.
+    fn bury_at(&mut self, svc_key: &Rc<str>, inst_key: Arc<str>, tomb: Tomb, now_ms: u64) {
         if let Some(s) = self.services.get_mut(svc_key) {
             journal::note(&mut self.journal, svc_key, Some(&inst_key));
-            s.tombstones.insert(inst_key.clone(), version);
-            self.purges.push_back((
-                now_ms + self.tombstone_ttl_ms,
-                svc_key.clone(),
-                Some(inst_key),
-                version,
-            ));
+            s.tombstones.insert(inst_key.clone(), tomb);
+            self.schedule_purge(svc_key.clone(), Some(inst_key), tomb, now_ms);
         }
+    }
+
+    /// Queues the purge of a tombstone (of an instance, or with `inst_key`
+    /// None of the service) by its kind.
+    fn schedule_purge(
+        &mut self,
+        svc_key: Rc<str>,
+        inst_key: Option<Arc<str>>,
+        tomb: Tomb,
+        now_ms: u64,
+    ) {
+        let ttl = self.tombstone_ttl_ms;
+        let q = purge_queue(&mut self.purges, &mut self.purges_long, tomb.persistent);
+        q.push_back((
+            now_ms + ttl_of(ttl, tomb.persistent),
+            svc_key,
+            inst_key,
+            tomb.version,
+        ));
+    }
+
+    #[cfg(test)]
+    pub(crate) fn set_persistent_tombstones_max(&mut self, max: usize) {
+        self.purges_long_max = max;
+    }
+
+    /// Tombstones of the long kind purged before their time (the cap).
+    pub fn tombstones_purged_early(&self) -> u64 {
+        self.purged_early
     }
 
     /// Tombstones (of instances and services) currently kept.
@@ -337,43 +417,59 @@ impl Store {
 
     /// Drops the tombstones older than the TTL. Cost: what is purged.
     fn purge(&mut self, now_ms: u64) {
-        let purged = self.purge_due(now_ms);
-        if purged > 0 && self.purges.capacity() > ROOM_SLACK * self.purges.len().max(ROOM_KEEP) {
-            self.purges.shrink_to(2 * self.purges.len());
+        for long in [false, true] {
+            let mut purged = 0;
+            loop {
+                let q = if long {
+                    &mut self.purges_long
+                } else {
+                    &mut self.purges
+                };
+                let early = long && q.len() > self.purges_long_max;
+                match q.front() {
+                    Some((at, ..)) if *at <= now_ms || early => {}
+                    _ => break,
+                }
+                let (at, svc_key, inst_key, version) = q.pop_front().expect("front exists");
+                if at > now_ms {
+                    self.purged_early += 1;
+                }
+                purged += 1;
+                self.purge_one(svc_key, inst_key, version);
+            }
+            let q = if long {
+                &mut self.purges_long
+            } else {
+                &mut self.purges
+            };
+            if purged > 0 && q.capacity() > ROOM_SLACK * q.len().max(ROOM_KEEP) {
+                q.shrink_to(2 * q.len());
+            }
         }
     }
 
-    /// `purge`'s work; returns how many entries it took off the queue.
-    fn purge_due(&mut self, now_ms: u64) -> usize {
-        let mut purged = 0;
-        while let Some((at, ..)) = self.purges.front() {
-            if *at > now_ms {
-                break;
-            }
-            let (_, svc_key, inst_key, version) = self.purges.pop_front().expect("front exists");
-            purged += 1;
-            match inst_key {
-                Some(k) => {
-                    if let Some(s) = self.services.get_mut(&svc_key) {
-                        if s.tombstones.get(&k) == Some(&version) {
-                            journal::note(&mut self.journal, &svc_key, Some(&k));
-                            s.tombstones.remove(&k);
-                            shrink_sparse(&mut s.tombstones);
-                            // The checksum covers tombstones; lists do not.
-                            s.revision += 1;
-                        }
+    /// Drops a tombstone if it is still the one of `version` (a newer
+    /// tombstone of the same key outlives an older entry).
+    fn purge_one(&mut self, svc_key: Rc<str>, inst_key: Option<Arc<str>>, version: Version) {
+        match inst_key {
+            Some(k) => {
+                if let Some(s) = self.services.get_mut(&svc_key) {
+                    if s.tombstones.get(&k).map(|t| t.version) == Some(version) {
+                        journal::note(&mut self.journal, &svc_key, Some(&k));
+                        s.tombstones.remove(&k);
+                        shrink_sparse(&mut s.tombstones);
+                        // The checksum covers tombstones; lists do not.
+                        s.revision += 1;
                     }
                 }
-                None => {
-                    if matches!(self.service_tombstones.get(&svc_key), Some((_, v)) if *v == version)
-                    {
-                        self.service_tombstones.remove(&svc_key);
-                        journal::note(&mut self.journal, &svc_key, None);
-                    }
+            }
+            None => {
+                if matches!(self.service_tombstones.get(&svc_key), Some((_, v)) if *v == version) {
+                    self.service_tombstones.remove(&svc_key);
+                    journal::note(&mut self.journal, &svc_key, None);
                 }
             }
         }
-        purged
     }
 
     /// Versions from peers refused for being too far ahead of this clock.
@@ -564,7 +660,7 @@ impl Store {
         self.instances -= 1;
         s.touch(now_ms);
         let svc_key = s.key.clone();
-        self.bury(&svc_key, inst.key.clone(), now_ms);
+        self.bury(&svc_key, inst.key.clone(), !inst.ephemeral, now_ms);
         true
     }
 
@@ -635,7 +731,9 @@ impl Store {
                 // not bring the instance back (found by the simulation).
                 let svc_key = s.key.clone();
                 s.touch(now_ms);
-                self.bury(&svc_key, Arc::from(addr.key()), now_ms);
+                // Its kind unknown: the short TTL (an older copy arrives
+                // within the replication delay).
+                self.bury(&svc_key, Arc::from(addr.key()), false, now_ms);
                 changed(Reply::ok())
             }
             Op::Beat { svc, addr, beat } => self.beat(svc, addr, beat, now_ms),
@@ -733,12 +831,11 @@ impl Store {
                             journal::note_durable(&mut self.journal);
                             self.service_tombstones
                                 .insert(gone.key.clone(), (gone.id.clone(), version));
-                            self.purges.push_back((
-                                now_ms + self.tombstone_ttl_ms,
-                                gone.key.clone(),
-                                None,
+                            let tomb = Tomb {
                                 version,
-                            ));
+                                persistent: true,
+                            };
+                            self.schedule_purge(gone.key.clone(), None, tomb, now_ms);
                         }
                         changed(Reply::ok())
                     }
@@ -865,7 +962,7 @@ impl Store {
                 s.instances.remove(&inst_key);
                 self.instances -= 1;
                 s.touch(now_ms);
-                self.bury(&svc_key, inst_key, now_ms);
+                self.bury(&svc_key, inst_key, false, now_ms);
                 changed.push(svc_key);
                 continue;
             }

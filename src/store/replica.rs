@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use super::datum::{checksum_of, Datum, FieldsRecord, InstanceRecord};
 use super::instance::{Instance, InstanceAddr, InstanceData, LeasePolicy, Metadata};
-use super::service::{Service, ServiceId};
+use super::service::{Service, ServiceId, Tomb};
 use super::Store;
 use crate::distro::hlc::{self, Version};
 
@@ -28,7 +28,7 @@ fn record(i: &Instance) -> InstanceRecord {
     }
 }
 
-fn tombstone(key: &str, version: Version) -> InstanceRecord {
+fn tombstone(key: &str, tomb: Tomb) -> InstanceRecord {
     // The wire form carries the address, from which the key is rebuilt.
     let addr = InstanceAddr::from_key(key).unwrap_or(InstanceAddr {
         ip: key.to_string(),
@@ -43,9 +43,9 @@ fn tombstone(key: &str, version: Version) -> InstanceRecord {
         weight: 0.0,
         healthy: false,
         enabled: false,
-        ephemeral: true,
+        ephemeral: !tomb.persistent,
         metadata: Metadata::new(),
-        version,
+        version: tomb.version,
         deleted: true,
         lease: None,
     }
@@ -65,7 +65,7 @@ fn newest(s: &Service) -> Version {
     s.instances
         .values()
         .map(|i| i.version)
-        .chain(s.tombstones.values().copied())
+        .chain(s.tombstones.values().map(|t| t.version))
         .chain([s.fields_version])
         .max()
         .unwrap_or_default()
@@ -77,7 +77,7 @@ impl Store {
     pub fn datum(&self, full_key: &str) -> Option<Datum> {
         if let Some(s) = self.services.get(full_key) {
             let mut instances: Vec<InstanceRecord> = s.instances.values().map(record).collect();
-            instances.extend(s.tombstones.iter().map(|(k, v)| tombstone(k, *v)));
+            instances.extend(s.tombstones.iter().map(|(k, t)| tombstone(k, *t)));
             instances.sort_by(|a, b| a.key.cmp(&b.key));
             return Some(Datum {
                 namespace: s.id.namespace().to_string(),
@@ -110,7 +110,23 @@ impl Store {
     /// taken in (counted in `future_versions_refused`): such records, a
     /// service delete or fields are left out, and arrive with a later
     /// verify round once the local clock has caught up.
-    pub fn merge(&mut self, mut d: Datum, now_ms: u64) -> bool {
+    pub fn merge(&mut self, d: Datum, now_ms: u64) -> bool {
+        self.merge_from_peer(d, now_ms).0
+    }
+
+    /// `merge`, and whether the peer's copy was older than this one
+    /// somewhere (a record, the fields, a delete it predates): the peer
+    /// has missed a change and is to be sent this copy back (read repair:
+    /// a node cut off longer than the tombstone TTL would otherwise keep
+    /// what was deleted meanwhile and bring it back once every tombstone
+    /// is purged; simulation seed 1987).
+    pub fn merge_from_peer(&mut self, d: Datum, now_ms: u64) -> (bool, bool) {
+        self.merged_stale = false;
+        let changed = self.merge_inner(d, now_ms);
+        (changed, std::mem::take(&mut self.merged_stale))
+    }
+
+    fn merge_inner(&mut self, mut d: Datum, now_ms: u64) -> bool {
         let ok = |v: Version| hlc::acceptable(v.hlc, now_ms);
         let records = d.instances.len();
         d.instances.retain(|r| ok(r.version));
@@ -136,6 +152,7 @@ impl Store {
         }
         if let Some((_, tomb)) = self.service_tombstones.get(key) {
             if d.max_version() <= *tomb {
+                self.merged_stale |= d.max_version() < *tomb;
                 return false; // everything in it predates the delete
             }
             self.service_tombstones.remove(key);
@@ -154,11 +171,13 @@ impl Store {
             services,
             timers,
             purges,
+            purges_long,
             instances,
             stamp,
             lease_policy,
             reasserted,
             journal,
+            merged_stale,
             unconfirmed,
             ..
         } = self;
@@ -173,6 +192,8 @@ impl Store {
             s.fields_version = d.fields.version;
             changed = true;
             super::journal::note(journal, &svc_key, None);
+        } else if d.fields.version < s.fields_version {
+            *merged_stale = true;
         }
         let mut reassert = false;
         for mut r in d.instances {
@@ -195,8 +216,9 @@ impl Store {
                 .instances
                 .get(r.key.as_str())
                 .map(|i| i.version)
-                .or_else(|| s.tombstones.get(r.key.as_str()).copied());
-            if local.is_some_and(|v| v >= r.version) {
+                .or_else(|| s.tombstones.get(r.key.as_str()).map(|t| t.version));
+            if let Some(v) = local.filter(|v| *v >= r.version) {
+                *merged_stale |= v > r.version;
                 continue;
             }
             // A peer retired the record of a connection this node still
@@ -222,8 +244,19 @@ impl Store {
                 if s.instances.remove(&inst_key).is_some() {
                     *instances -= 1;
                 }
-                s.tombstones.insert(inst_key.clone(), r.version);
-                purges.push_back((now_ms + ttl, svc_key.clone(), Some(inst_key), r.version));
+                // A persistent instance's tombstone keeps its kind: also
+                // a record deleted here by a peer that held it persistent.
+                let persistent = !r.ephemeral;
+                s.tombstones.insert(
+                    inst_key.clone(),
+                    Tomb {
+                        version: r.version,
+                        persistent,
+                    },
+                );
+                let q = super::purge_queue(purges, purges_long, persistent);
+                let at = now_ms + super::ttl_of(ttl, persistent);
+                q.push_back((at, svc_key.clone(), Some(inst_key), r.version));
                 continue;
             }
             s.tombstones.remove(&inst_key);
@@ -314,7 +347,11 @@ impl Store {
             s.instances.remove(&inst_key);
             s.touch(now_ms);
             self.instances -= 1;
-            self.bury_at(&svc_key, inst_key, version.retired(), now_ms);
+            let tomb = Tomb {
+                version: version.retired(),
+                persistent: false,
+            };
+            self.bury_at(&svc_key, inst_key, tomb, now_ms);
             // `retire` holds each service's instances together.
             if changed.last().map(String::as_str) != Some(&*svc_key) {
                 changed.push(svc_key.to_string());
@@ -340,8 +377,11 @@ impl Store {
             let k: Rc<str> = Rc::from(key);
             super::journal::note(&mut self.journal, &k, None);
             self.service_tombstones.insert(k.clone(), (id, deleted));
-            self.purges
-                .push_back((now_ms + self.tombstone_ttl_ms, k, None, deleted));
+            let tomb = Tomb {
+                version: deleted,
+                persistent: true,
+            };
+            self.schedule_purge(k, None, tomb, now_ms);
         }
         removed || !newer_tomb
     }
@@ -429,7 +469,7 @@ impl Store {
                 .instances
                 .values()
                 .map(|i| (&*i.key, false, i.version))
-                .chain(s.tombstones.iter().map(|(k, v)| (&**k, true, *v)))
+                .chain(s.tombstones.iter().map(|(k, t)| (&**k, true, t.version)))
                 .collect();
             records.sort_unstable_by(|a, b| a.0.cmp(b.0));
             let sum = checksum_of(s.fields_version, None, records.into_iter());
@@ -465,7 +505,7 @@ impl Store {
             .filter(|s| source_owns(s.id.grouped()) && !listed(&s.key))
             .filter(|s| {
                 s.instances.values().all(|i| from_source(i.version))
-                    && s.tombstones.values().all(|v| from_source(*v))
+                    && s.tombstones.values().all(|t| from_source(t.version))
                     && (s.fields_version == Version::default() || from_source(s.fields_version))
             })
             .map(|s| s.key.clone())
@@ -585,15 +625,16 @@ impl Store {
                         &i.key,
                     )
                 })
-                .chain(s.tombstones.iter().map(|(k, v)| {
+                .chain(s.tombstones.iter().map(|(k, t)| {
                     // The tombstone's key is `ip#port#cluster` (from_key).
                     let mut parts = k.splitn(3, '#');
                     let ip = parts.next().unwrap_or("");
                     let port = parts.next().and_then(|p| p.parse().ok()).unwrap_or(0);
                     let cluster = parts.next().unwrap_or("");
+                    let (v, ephemeral) = (t.version, !t.persistent);
                     borrowed::Record(
-                        ip, port, cluster, 0.0, false, false, true, &empty, v.hlc, v.writer, true,
-                        k,
+                        ip, port, cluster, 0.0, false, false, ephemeral, &empty, v.hlc, v.writer,
+                        true, k,
                     )
                 }))
                 .collect();

@@ -83,14 +83,23 @@ pub struct Service {
     pub slot: Arc<ViewSlot>,
     /// Version of `protect_threshold`, `metadata` and `selector`.
     pub fields_version: crate::distro::hlc::Version,
-    /// Versions of deleted instances by key, kept until purged.
-    pub tombstones: super::Map<Arc<str>, crate::distro::hlc::Version>,
+    /// Tombstones of deleted instances by key, kept until purged.
+    pub tombstones: super::Map<Arc<str>, Tomb>,
     /// The replication checksum and the revision it was computed at.
     pub checksum_cache: std::cell::Cell<Option<(u64, u64)>>,
     /// Exists only to hold the tombstone of a deregister that arrived
     /// before the service did: not listed, not found, until something is
     /// registered in it or it is created.
     pub hidden: bool,
+}
+
+/// A deleted instance's tombstone: the delete's version, and whether the
+/// instance was persistent (its tombstone is kept for
+/// `PERSISTENT_TOMBSTONE_TTL_MS`, an ephemeral one for the tombstone TTL).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Tomb {
+    pub version: crate::distro::hlc::Version,
+    pub persistent: bool,
 }
 
 impl Service {

@@ -1249,3 +1249,154 @@ fn a_clustered_restart_drops_old_records_its_peers_do_not_confirm() {
     assert_eq!(r.settle_restored(false, now), 0);
     assert_eq!(ips(&mut r, "a", now).len(), 2);
 }
+
+fn persistent(ip: &str) -> InstanceSpec {
+    let mut p = spec(ip, 1, &[]);
+    p.ephemeral = false;
+    p
+}
+
+fn dereg(s: &mut Store, name: &str, ip: &str, now: u64) {
+    s.apply(
+        Op::Deregister {
+            svc: svc(name),
+            addr: addr(ip, 1),
+        },
+        now,
+    );
+}
+
+/// The tombstones `s` keeps for service `name`: (ip, ephemeral).
+fn tombs(s: &Store, name: &str) -> Vec<(String, bool)> {
+    let d = s.datum(svc(name).full_key()).unwrap();
+    d.instances
+        .iter()
+        .filter(|r| r.deleted)
+        .map(|r| (r.ip.clone(), r.ephemeral))
+        .collect()
+}
+
+#[test]
+fn persistent_tombstones_outlive_ephemeral_ones_here_on_replicas_and_on_disk() {
+    let (mut a, mut b) = (node(1), node(2));
+    a.enable_journal();
+    let mut rows = journal::MemoryRows::default();
+    reg(&mut a, "t", persistent("10.0.0.9"), 1_000);
+    reg(&mut a, "t", spec("10.0.0.1", 1, &[]), 1_000);
+    dereg(&mut a, "t", "10.0.0.9", 2_000);
+    dereg(&mut a, "t", "10.0.0.1", 2_000);
+    save(&mut a, &mut rows, 2_000);
+    assert!(sync(&a, &mut b, "t", 2_000));
+    let both = vec![
+        ("10.0.0.1".to_string(), true),
+        ("10.0.0.9".to_string(), false),
+    ];
+    assert_eq!(tombs(&b, "t"), both, "the replica knows each one's kind");
+    let mut c = restored(&rows, 2_000, false);
+    assert_eq!(tombs(&c, "t"), both, "and so does the saved row");
+
+    let short = 2_000 + TOMBSTONE_VERIFY_ROUNDS_MS + Timeouts::default().delete_timeout_ms;
+    for s in [&mut a, &mut b, &mut c] {
+        s.expire(short, &mut Vec::new());
+        assert_eq!(tombs(s, "t"), vec![("10.0.0.9".to_string(), false)]);
+        s.expire(2_000 + PERSISTENT_TOMBSTONE_TTL_MS - 1, &mut Vec::new());
+        assert_eq!(s.tombstones(), 1, "kept for the whole long TTL");
+        s.expire(2_000 + PERSISTENT_TOMBSTONE_TTL_MS, &mut Vec::new());
+        assert_eq!(s.tombstones(), 0);
+    }
+    assert_eq!(a.tombstones_purged_early(), 0);
+}
+
+#[test]
+fn service_tombstones_are_kept_as_long_as_persistent_ones() {
+    let mut a = node(1);
+    a.apply(
+        Op::CreateService {
+            svc: svc("s"),
+            change: ServiceChange::default(),
+        },
+        1_000,
+    );
+    a.apply(Op::DeleteService { svc: svc("s") }, 2_000);
+    a.expire(2_000 + PERSISTENT_TOMBSTONE_TTL_MS - 1, &mut Vec::new());
+    assert!(a.datum(svc("s").full_key()).unwrap().deleted.is_some());
+    a.expire(2_000 + PERSISTENT_TOMBSTONE_TTL_MS, &mut Vec::new());
+    assert!(a.datum(svc("s").full_key()).is_none());
+}
+
+#[test]
+fn past_the_cap_the_oldest_persistent_tombstones_go_early_and_are_counted() {
+    let mut a = node(1);
+    a.set_persistent_tombstones_max(2);
+    for (i, ip) in ["10.0.0.1", "10.0.0.2", "10.0.0.3"].into_iter().enumerate() {
+        reg(&mut a, "t", persistent(ip), 1_000);
+        dereg(&mut a, "t", ip, 2_000 + i as u64);
+    }
+    a.expire(3_000, &mut Vec::new());
+    let left: Vec<String> = tombs(&a, "t").into_iter().map(|t| t.0).collect();
+    assert_eq!(left, vec!["10.0.0.2", "10.0.0.3"], "the oldest went");
+    assert_eq!(a.tombstones_purged_early(), 1);
+}
+
+#[test]
+fn a_clustered_restart_keeps_its_unreplicated_persistent_writes_within_the_long_ttl() {
+    // Acknowledged while cut off from its peers, then down for 44 s
+    // (simulation seed 1268): no peer has it, no peer deleted it.
+    let mut s = store();
+    s.enable_journal();
+    let mut rows = journal::MemoryRows::default();
+    reg(&mut s, "a", persistent("10.0.0.9"), 1_000);
+    reg(&mut s, "a", spec("10.0.0.1", 1, &[]), 1_000);
+    save(&mut s, &mut rows, 1_000);
+    let now = 45_000;
+    let mut r = restored(&rows, now, false);
+    assert_eq!(r.hold_back_restored(now), 1, "only the ephemeral one");
+    assert_eq!(r.settle_restored(true, now), 1);
+    assert_eq!(ips(&mut r, "a", now), vec!["10.0.0.9"]);
+    // Down for longer than the long TTL: held back too.
+    let now = 1_000 + PERSISTENT_TOMBSTONE_TTL_MS;
+    let mut r = restored(&rows, now, false);
+    assert_eq!(r.hold_back_restored(now), 2);
+}
+
+#[test]
+fn a_merge_says_when_the_peers_copy_was_older_than_this_one() {
+    let (mut a, mut b) = (node(1), node(2));
+    reg(&mut a, "r", spec("10.0.0.1", 1, &[]), 1_000);
+    assert!(sync(&a, &mut b, "r", 1_000));
+    let old = a.datum(svc("r").full_key()).unwrap();
+    dereg(&mut a, "r", "10.0.0.1", 2_000);
+    assert!(sync(&a, &mut b, "r", 2_000));
+    // The same copy again: nothing older.
+    let same = b.datum(svc("r").full_key()).unwrap();
+    assert_eq!(a.merge_from_peer(same, 2_001), (false, false));
+    // A cut-off peer's copy from before the deregister: older.
+    assert_eq!(b.merge_from_peer(old.clone(), 2_001), (false, true));
+    assert_eq!(ips(&mut b, "r", 2_001), Vec::<String>::new());
+    // Fields: a copy without the service's fields is older too.
+    a.apply(
+        Op::UpdateService {
+            svc: svc("r"),
+            change: ServiceChange {
+                protect_threshold: Some(0.5),
+                ..Default::default()
+            },
+        },
+        3_000,
+    );
+    let mut before_fields = a.datum(svc("r").full_key()).unwrap();
+    before_fields.fields.version = Version::default();
+    assert_eq!(a.merge_from_peer(before_fields, 3_001), (false, true));
+    // A copy of a deleted service that predates the delete.
+    let mut c = node(3);
+    c.apply(
+        Op::CreateService {
+            svc: svc("gone"),
+            change: ServiceChange::default(),
+        },
+        1_000,
+    );
+    let live = c.datum(svc("gone").full_key()).unwrap();
+    c.apply(Op::DeleteService { svc: svc("gone") }, 2_000);
+    assert_eq!(c.merge_from_peer(live, 2_001), (false, true));
+}
