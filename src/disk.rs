@@ -18,14 +18,22 @@ use crossbeam_channel::{Receiver, RecvTimeoutError, Sender, TrySendError};
 use futures_channel::oneshot;
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 
-use crate::store::journal::{Changes, Regroup, RowSink, SavedService};
+use crate::store::journal::{Changes, Regroup, RowKey, RowSink, SavedService};
 
 /// The store file in the data directory.
 pub const STORE_FILE: &str = "registry.redb";
-/// The layout of the rows; a file of another layout is refused at start.
-pub const FORMAT_VERSION: u64 = 1;
-/// Instance rows: (service key, instance key) -> datum record (JSON array).
-const INSTANCES: TableDefinition<(&str, &str), &[u8]> = TableDefinition::new("instances");
+/// The layout of the rows; a file of format 1 is rewritten at start,
+/// one of another layout refused.
+pub const FORMAT_VERSION: u64 = 2;
+/// Instance rows: (version hlc, version writer, service key, instance
+/// key) -> datum record (JSON array). Keyed by version first, so that new
+/// records land next to each other: a commit of thousands of new
+/// instances rewrites a few leaf pages, not one per instance (with the
+/// service key first, storage cost 8.2 us per register, by version 2.1).
+const INSTANCE_ROWS: TableDefinition<(u64, u64, &str, &str), &[u8]> =
+    TableDefinition::new("instance_rows");
+/// Format 1's instance rows: (service key, instance key) -> record.
+const INSTANCES_V1: TableDefinition<(&str, &str), &[u8]> = TableDefinition::new("instances");
 /// Service rows: service key -> `journal::ServiceRow` (JSON).
 const SERVICES: TableDefinition<&str, &[u8]> = TableDefinition::new("services");
 /// `format`, `clock` (highest version issued), `wall_ms` (of the last commit).
@@ -274,8 +282,12 @@ pub fn open(dir: &Path) -> Result<Opened, DiskError> {
         Some(FORMAT_VERSION) => {}
         // A new file: create the tables.
         None => {
-            txn.open_table(INSTANCES).map_err(|e| bad(e.into()))?;
+            txn.open_table(INSTANCE_ROWS).map_err(|e| bad(e.into()))?;
             txn.open_table(SERVICES).map_err(|e| bad(e.into()))?;
+        }
+        Some(1) => {
+            let n = upgrade_v1(&txn).map_err(|e| unreadable(&file, e))?;
+            tracing::info!(file = %file.display(), rows = n, "store rewritten from row format 1 to 2");
         }
         Some(other) => {
             return Err(unreadable(
@@ -295,6 +307,30 @@ pub fn open(dir: &Path) -> Result<Opened, DiskError> {
     })
 }
 
+/// Rewrites format 1's instance rows keyed by version (format 2).
+fn upgrade_v1(txn: &redb::WriteTransaction) -> Result<usize, String> {
+    let err = |e: redb::Error| e.to_string();
+    let mut n = 0;
+    {
+        let old = txn.open_table(INSTANCES_V1).map_err(|e| err(e.into()))?;
+        let mut new = txn.open_table(INSTANCE_ROWS).map_err(|e| err(e.into()))?;
+        for e in old.iter().map_err(|e| err(e.into()))? {
+            let (k, v) = e.map_err(|e| err(e.into()))?;
+            let (svc, inst) = k.value();
+            let r = crate::store::journal::decode_instance(inst, v.value())
+                .map_err(|e| format!("service {svc}: bad instance row {inst}: {e}"))?;
+            let key = (r.version.hlc, r.version.writer, svc, inst);
+            new.insert(key, v.value()).map_err(|e| err(e.into()))?;
+            n += 1;
+        }
+        let mut meta = txn.open_table(META).map_err(|e| err(e.into()))?;
+        meta.insert("format", FORMAT_VERSION)
+            .map_err(|e| err(e.into()))?;
+    }
+    txn.delete_table(INSTANCES_V1).map_err(|e| err(e.into()))?;
+    Ok(n)
+}
+
 /// What `load` read back.
 #[derive(Debug, Default, Clone, Copy)]
 pub struct Loaded {
@@ -304,12 +340,13 @@ pub struct Loaded {
 
 impl Opened {
     /// Reads every row back and hands each service, whole, to
-    /// `dispatch` (which routes it to its shard).
+    /// `dispatch` (which routes it to its shard). Rows superseded by a
+    /// newer row of the same instance are deleted.
     pub fn load(&self, mut dispatch: impl FnMut(SavedService)) -> Result<Loaded, DiskError> {
         let bad = |e: redb::Error| unreadable(&self.file, e);
         let txn = self.db.begin_read().map_err(|e| bad(e.into()))?;
         let services = txn.open_table(SERVICES).map_err(|e| bad(e.into()))?;
-        let instances = txn.open_table(INSTANCES).map_err(|e| bad(e.into()))?;
+        let instances = txn.open_table(INSTANCE_ROWS).map_err(|e| bad(e.into()))?;
         let mut rows: std::collections::BTreeMap<String, Vec<u8>> = Default::default();
         for e in services.iter().map_err(|e| bad(e.into()))? {
             let (k, v) = e.map_err(|e| bad(e.into()))?;
@@ -322,11 +359,24 @@ impl Opened {
         let mut group = Regroup::new(rows);
         for e in instances.iter().map_err(|e| bad(e.into()))? {
             let (k, v) = e.map_err(|e| bad(e.into()))?;
-            let (svc, inst) = k.value();
             loaded.rows += 1;
-            group.instance(svc, inst, v.value(), &mut dispatch);
+            group.instance(k.value(), v.value());
         }
+        let leftovers = std::mem::take(&mut group.leftovers);
         loaded.services = group.finish(&mut dispatch);
+        drop((instances, services, txn));
+        if !leftovers.is_empty() {
+            let txn = self.db.begin_write().map_err(|e| bad(e.into()))?;
+            {
+                let mut t = txn.open_table(INSTANCE_ROWS).map_err(|e| bad(e.into()))?;
+                for (h, w, s, i) in &leftovers {
+                    t.remove((*h, *w, s.as_str(), i.as_str()))
+                        .map_err(|e| bad(e.into()))?;
+                }
+            }
+            txn.commit().map_err(|e| bad(e.into()))?;
+            tracing::info!(rows = leftovers.len(), "superseded instance rows deleted");
+        }
         Ok(loaded)
     }
 
@@ -486,7 +536,7 @@ fn fail(stats: &DiskStats, pending: &mut [Job], why: &str) {
 
 /// The store file's tables as a `RowSink`.
 struct Tables<'t> {
-    instances: redb::Table<'t, (&'static str, &'static str), &'static [u8]>,
+    instances: redb::Table<'t, (u64, u64, &'static str, &'static str), &'static [u8]>,
     services: redb::Table<'t, &'static str, &'static [u8]>,
 }
 
@@ -500,28 +550,12 @@ impl RowSink for Tables<'_> {
         self.services.remove(key)?;
         Ok(())
     }
-    fn put_instance(&mut self, svc: &str, inst: &str, row: &[u8]) -> Result<(), Self::Error> {
-        self.instances.insert((svc, inst), row)?;
+    fn put_instance(&mut self, key: RowKey<'_>, row: &[u8]) -> Result<(), Self::Error> {
+        self.instances.insert(key, row)?;
         Ok(())
     }
-    fn delete_instance(&mut self, svc: &str, inst: &str) -> Result<(), Self::Error> {
-        self.instances.remove((svc, inst))?;
-        Ok(())
-    }
-    fn clear_instances(&mut self, svc: &str) -> Result<(), Self::Error> {
-        let doomed: Vec<String> = self
-            .instances
-            .range((svc, "")..)?
-            .map_while(|e| {
-                e.ok().and_then(|(k, _)| {
-                    let (s, i) = k.value();
-                    (s == svc).then(|| i.to_string())
-                })
-            })
-            .collect();
-        for i in &doomed {
-            self.instances.remove((svc, i.as_str()))?;
-        }
+    fn delete_instance(&mut self, key: RowKey<'_>) -> Result<(), Self::Error> {
+        self.instances.remove(key)?;
         Ok(())
     }
 }
@@ -533,7 +567,7 @@ fn commit(db: &Database, jobs: &[Job]) -> Result<usize, redb::Error> {
     let mut rows = 0;
     {
         let mut tables = Tables {
-            instances: txn.open_table(INSTANCES)?,
+            instances: txn.open_table(INSTANCE_ROWS)?,
             services: txn.open_table(SERVICES)?,
         };
         let mut meta = txn.open_table(META)?;

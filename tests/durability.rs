@@ -479,3 +479,52 @@ fn a_full_disk_refuses_persistent_writes_and_recovers() {
         "refused up front, never applied"
     );
 }
+
+/// A store of row format 1 (instance rows keyed by service and instance,
+/// before issue 12's rows keyed by version) is rewritten at start and
+/// serves what it held, then and after another restart.
+#[test]
+fn a_format_1_store_is_rewritten_and_keeps_its_instances() {
+    let dir = TempDir::new("format1");
+    let file = dir.0.join("registry.redb");
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64;
+    let hlc = distro_registry::distro::hlc::pack(now - 60_000, 0);
+    {
+        let db = redb::Database::create(&file).unwrap();
+        let txn = db.begin_write().unwrap();
+        {
+            let meta: redb::TableDefinition<&str, u64> = redb::TableDefinition::new("meta");
+            let mut m = txn.open_table(meta).unwrap();
+            m.insert("format", 1).unwrap();
+            m.insert("clock", hlc).unwrap();
+            let rows: redb::TableDefinition<(&str, &str), &[u8]> =
+                redb::TableDefinition::new("instances");
+            let mut t = txn.open_table(rows).unwrap();
+            let svc = "public##DEFAULT_GROUP@@old-format";
+            for ip in ["10.14.0.1", "10.14.0.2"] {
+                let row =
+                    format!(r#"["{ip}",8080,"DEFAULT",1.0,true,true,false,{{}},{hlc},256,false]"#);
+                t.insert((svc, format!("{ip}#8080#DEFAULT").as_str()), row.as_bytes())
+                    .unwrap();
+            }
+            let services: redb::TableDefinition<&str, &[u8]> =
+                redb::TableDefinition::new("services");
+            txn.open_table(services).unwrap();
+        }
+        txn.commit().unwrap();
+    }
+    let both = set(&["10.14.0.1", "10.14.0.2"]);
+    let n = start(dir.path(), &[]);
+    assert_eq!(ips(&n, "old-format"), both);
+    ok(
+        &n,
+        "DELETE",
+        &format!("{NS}/instance?serviceName=old-format&ip=10.14.0.2&port=8080&ephemeral=false"),
+    );
+    assert!(n.terminate().success());
+    let n = start(dir.path(), &[]);
+    assert_eq!(ips(&n, "old-format"), set(&["10.14.0.1"]));
+}

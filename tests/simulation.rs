@@ -197,11 +197,14 @@ impl Node {
         key: &str,
         inst: &str,
     ) -> Option<distro_registry::distro::hlc::Version> {
-        let row = self
-            .disk
+        // Rows are keyed by version: the newest row of the instance.
+        self.disk
             .instances
-            .get(&(key.to_string(), inst.to_string()))?;
-        journal::decode_instance(inst, row).ok().map(|r| r.version)
+            .iter()
+            .filter(|((_, _, s, i), _)| s == key && i == inst)
+            .filter_map(|(_, row)| journal::decode_instance(inst, row).ok())
+            .map(|r| r.version)
+            .max()
     }
 
     /// A new connection's lease: this node, this incarnation.

@@ -24,29 +24,51 @@ pub const JOURNAL_ENTRIES_MAX: usize = 16_384;
 /// Keys noted since the last save.
 #[derive(Debug, Default)]
 pub struct Journal {
-    /// (service key, instance key; None: the service's own row).
-    entries: Vec<(Rc<str>, Option<Arc<str>>)>,
-    /// Services removed whole since the last save: every row of their
-    /// instances goes before anything is written for them.
-    cleared: Vec<Rc<str>>,
+    /// (service key, instance key; None: the service's own row, the
+    /// version the instance had before the change: its saved row's key,
+    /// when the first note since the last save carries it).
+    entries: Vec<(Rc<str>, Option<Arc<str>>, Option<Version>)>,
+    /// Rows of services removed whole since the last save: (service key,
+    /// instance key, version), deleted.
+    cleared: Vec<(Rc<str>, Arc<str>, Version)>,
     /// A change in it is to persistent data: saved and synced before it
     /// is acknowledged.
     durable: bool,
 }
 
-/// Notes a record to save (a free function: the store's maps are
-/// borrowed where it is called).
-pub(crate) fn note(j: &mut Option<Journal>, svc: &Rc<str>, inst: Option<&Arc<str>>) {
+/// Notes a service's own row to save (a free function: the store's maps
+/// are borrowed where it is called).
+pub(crate) fn note(j: &mut Option<Journal>, svc: &Rc<str>) {
     if let Some(j) = j {
-        j.entries.push((svc.clone(), inst.cloned()));
+        j.entries.push((svc.clone(), None, None));
     }
 }
 
-/// Notes a service removed with all its instances.
-pub(crate) fn note_cleared(j: &mut Option<Journal>, svc: &Rc<str>) {
+/// Notes an instance record to save: `old` is the version of the record
+/// (live or tombstone) it had before this change, None when there was
+/// none. Rows are keyed by version, so the row to delete is found by it.
+pub(crate) fn note_instance(
+    j: &mut Option<Journal>,
+    svc: &Rc<str>,
+    inst: &Arc<str>,
+    old: Option<Version>,
+) {
     if let Some(j) = j {
-        j.cleared.push(svc.clone());
-        j.entries.push((svc.clone(), None));
+        j.entries.push((svc.clone(), Some(inst.clone()), old));
+    }
+}
+
+/// Notes a service removed with all its instances and tombstones.
+pub(crate) fn note_cleared(j: &mut Option<Journal>, gone: &super::service::Service) {
+    if let Some(j) = j {
+        let rows = gone
+            .instances
+            .values()
+            .map(|i| (i.key.clone(), i.version))
+            .chain(gone.tombstones.iter().map(|(k, t)| (k.clone(), t.version)));
+        j.cleared
+            .extend(rows.map(|(k, v)| (gone.key.clone(), k, v)));
+        j.entries.push((gone.key.clone(), None, None));
     }
 }
 
@@ -97,6 +119,14 @@ struct WireRow<'a>(
 );
 
 impl InstanceRow {
+    /// The version of the record: with the keys, the row's key.
+    pub fn version(&self) -> Version {
+        match self {
+            InstanceRow::Live { version, .. } => *version,
+            InstanceRow::Tombstone(t) => t.version,
+        }
+    }
+
     /// The row's bytes: a datum record (`InstanceRecord`'s wire form).
     pub fn encode(&self, key: &str, out: &mut Vec<u8>) {
         let empty = Metadata::new();
@@ -157,13 +187,14 @@ pub fn decode_instance(key: &str, bytes: &[u8]) -> Result<InstanceRecord, serde_
 pub struct ServiceChanges {
     /// `namespace##group@@name`.
     pub key: String,
-    /// Delete every instance row of the service first.
-    pub clear: bool,
     /// The service's own row: `Some(Some)` write it, `Some(None)` delete
     /// it, `None` leave it.
     pub row: Option<Option<ServiceRow>>,
-    /// Instance rows: `Some` write, `None` delete.
-    pub instances: Vec<(Arc<str>, Option<InstanceRow>)>,
+    /// Instance rows to delete first: (instance key, the version of the
+    /// saved record).
+    pub deletes: Vec<(Arc<str>, Version)>,
+    /// Instance rows to write, each under its record's version.
+    pub instances: Vec<(Arc<str>, InstanceRow)>,
 }
 
 /// Everything one save writes.
@@ -182,7 +213,7 @@ impl Changes {
     pub fn rows(&self) -> usize {
         self.services
             .iter()
-            .map(|s| s.instances.len() + usize::from(s.row.is_some()))
+            .map(|s| s.deletes.len() + s.instances.len() + usize::from(s.row.is_some()))
             .sum()
     }
 }
@@ -193,11 +224,16 @@ pub trait RowSink {
     type Error;
     fn put_service(&mut self, key: &str, row: &[u8]) -> Result<(), Self::Error>;
     fn delete_service(&mut self, key: &str) -> Result<(), Self::Error>;
-    fn put_instance(&mut self, svc: &str, inst: &str, row: &[u8]) -> Result<(), Self::Error>;
-    fn delete_instance(&mut self, svc: &str, inst: &str) -> Result<(), Self::Error>;
-    /// Deletes every instance row of `svc`.
-    fn clear_instances(&mut self, svc: &str) -> Result<(), Self::Error>;
+    /// Instance rows are keyed by (version, service, instance): a change
+    /// writes a new row and deletes the old one, and new records land
+    /// next to each other (a B-tree touches few pages per commit).
+    fn put_instance(&mut self, key: RowKey<'_>, row: &[u8]) -> Result<(), Self::Error>;
+    fn delete_instance(&mut self, key: RowKey<'_>) -> Result<(), Self::Error>;
 }
+
+/// An instance row's key: (version hlc, version writer, service key,
+/// instance key).
+pub type RowKey<'a> = (u64, u64, &'a str, &'a str);
 
 impl Changes {
     /// Writes the rows to `sink`, in order. Returns the rows written.
@@ -205,8 +241,8 @@ impl Changes {
         let mut buf = Vec::with_capacity(256);
         for sc in &self.services {
             let key = sc.key.as_str();
-            if sc.clear {
-                sink.clear_instances(key)?;
+            for (inst, v) in &sc.deletes {
+                sink.delete_instance((v.hlc, v.writer, key, inst))?;
             }
             match &sc.row {
                 Some(Some(row)) => {
@@ -217,15 +253,11 @@ impl Changes {
                 Some(None) => sink.delete_service(key)?,
                 None => {}
             }
-            for (inst, row) in &sc.instances {
-                match row {
-                    Some(r) => {
-                        buf.clear();
-                        r.encode(inst, &mut buf);
-                        sink.put_instance(key, inst, &buf)?;
-                    }
-                    None => sink.delete_instance(key, inst)?,
-                }
+            for (inst, r) in &sc.instances {
+                buf.clear();
+                r.encode(inst, &mut buf);
+                let v = r.version();
+                sink.put_instance((v.hlc, v.writer, key, inst), &buf)?;
             }
         }
         Ok(self.rows())
@@ -252,10 +284,15 @@ pub fn resume_clock(saved_clock: u64, saved_wall_ms: u64) -> u64 {
 #[derive(Debug, Default, Clone)]
 pub struct MemoryRows {
     pub services: std::collections::BTreeMap<String, Vec<u8>>,
-    pub instances: std::collections::BTreeMap<(String, String), Vec<u8>>,
+    /// By (version hlc, version writer, service key, instance key).
+    pub instances: std::collections::BTreeMap<(u64, u64, String, String), Vec<u8>>,
     /// The highest clock and the latest wall time saved.
     pub clock: u64,
     pub wall_ms: u64,
+}
+
+fn owned(k: RowKey<'_>) -> (u64, u64, String, String) {
+    (k.0, k.1, k.2.to_string(), k.3.to_string())
 }
 
 impl RowSink for MemoryRows {
@@ -268,17 +305,12 @@ impl RowSink for MemoryRows {
         self.services.remove(key);
         Ok(())
     }
-    fn put_instance(&mut self, svc: &str, inst: &str, row: &[u8]) -> Result<(), Self::Error> {
-        self.instances
-            .insert((svc.to_string(), inst.to_string()), row.to_vec());
+    fn put_instance(&mut self, key: RowKey<'_>, row: &[u8]) -> Result<(), Self::Error> {
+        self.instances.insert(owned(key), row.to_vec());
         Ok(())
     }
-    fn delete_instance(&mut self, svc: &str, inst: &str) -> Result<(), Self::Error> {
-        self.instances.remove(&(svc.to_string(), inst.to_string()));
-        Ok(())
-    }
-    fn clear_instances(&mut self, svc: &str) -> Result<(), Self::Error> {
-        self.instances.retain(|(s, _), _| s != svc);
+    fn delete_instance(&mut self, key: RowKey<'_>) -> Result<(), Self::Error> {
+        self.instances.remove(&owned(key));
         Ok(())
     }
 }
@@ -293,25 +325,38 @@ impl MemoryRows {
 
     /// Every saved service, as `disk::Opened::load` hands them out.
     pub fn saved(&self) -> Vec<SavedService> {
-        let mut out = Vec::new();
         let mut g = Regroup::new(self.services.clone());
-        for ((svc, inst), v) in &self.instances {
-            g.instance(svc, inst, v, |s| out.push(s));
+        for ((hlc, writer, svc, inst), v) in &self.instances {
+            g.instance((*hlc, *writer, svc, inst), v);
         }
+        let mut out = Vec::new();
         g.finish(|s| out.push(s));
         out
     }
+
+    /// Instance rows of `svc` (any version).
+    pub fn instance_keys(&self, svc: &str) -> Vec<String> {
+        self.instances
+            .keys()
+            .filter(|k| k.2 == svc)
+            .map(|k| k.3.clone())
+            .collect()
+    }
 }
 
-/// Rows read back in key order, regrouped into whole services: each
-/// service's instance rows with its own row, then the services that have
-/// only their own row. Used by the store file's `load` and by
-/// `MemoryRows`, which both hold instance rows sorted by (service,
-/// instance).
+/// Rows read back, regrouped into whole services: each service's
+/// instance rows with its own row, then the services that have only
+/// their own row. Of two rows of one instance (a crash between the
+/// commits of a change can not leave them, but an older build's could),
+/// the newer version stays; the others are `leftovers`, to delete. Used
+/// by the store file's `load` and by `MemoryRows`.
 pub struct Regroup {
     /// Service rows not yet handed out.
     rows: std::collections::BTreeMap<String, Vec<u8>>,
-    current: Option<SavedService>,
+    /// service key -> instance key -> (version, row).
+    groups: super::Map<String, super::Map<String, (Version, Vec<u8>)>>,
+    /// Rows superseded by a newer row of the same instance.
+    pub leftovers: Vec<(u64, u64, String, String)>,
     /// Services handed out so far.
     pub services: usize,
 }
@@ -320,33 +365,49 @@ impl Regroup {
     pub fn new(rows: std::collections::BTreeMap<String, Vec<u8>>) -> Regroup {
         Regroup {
             rows,
-            current: None,
+            groups: Default::default(),
+            leftovers: Vec::new(),
             services: 0,
         }
     }
 
-    /// The next instance row; hands the previous service to `out` once
-    /// its rows are over.
-    pub fn instance(&mut self, svc: &str, inst: &str, row: &[u8], out: impl FnOnce(SavedService)) {
-        if self.current.as_ref().is_some_and(|c| c.key != svc) {
-            out(self.current.take().expect("checked"));
-            self.services += 1;
+    /// The next instance row, in any order.
+    pub fn instance(&mut self, key: RowKey<'_>, row: &[u8]) {
+        let (hlc, writer, svc, inst) = key;
+        let v = Version { hlc, writer };
+        let group = match self.groups.get_mut(svc) {
+            Some(g) => g,
+            None => self.groups.entry(svc.to_string()).or_default(),
+        };
+        match group.get_mut(inst) {
+            Some((old, old_row)) => {
+                let (lose, lost_row) = if *old < v {
+                    let lost = (*old, std::mem::replace(old_row, row.to_vec()));
+                    *old = v;
+                    lost
+                } else {
+                    (v, Vec::new())
+                };
+                drop(lost_row);
+                self.leftovers
+                    .push((lose.hlc, lose.writer, svc.to_string(), inst.to_string()));
+            }
+            None => {
+                group.insert(inst.to_string(), (v, row.to_vec()));
+            }
         }
-        let rows = &mut self.rows;
-        self.current
-            .get_or_insert_with(|| SavedService {
-                key: svc.to_string(),
-                row: rows.remove(svc),
-                instances: Vec::new(),
-            })
-            .instances
-            .push((inst.to_string(), row.to_vec()));
     }
 
-    /// Hands out the last service with instances, then those without.
+    /// Hands out every service with instances, then those without.
+    /// Returns how many.
     pub fn finish(mut self, mut out: impl FnMut(SavedService)) -> usize {
-        if let Some(c) = self.current.take() {
-            out(c);
+        for (key, insts) in std::mem::take(&mut self.groups) {
+            let row = self.rows.remove(&key);
+            out(SavedService {
+                key,
+                row,
+                instances: insts.into_iter().map(|(k, (_, r))| (k, r)).collect(),
+            });
             self.services += 1;
         }
         for (key, row) in std::mem::take(&mut self.rows) {
@@ -526,7 +587,7 @@ impl Store {
             for (k, v) in keys {
                 if s.instances.get(&k).is_some_and(|i| i.version == v) {
                     s.instances.remove(&k);
-                    note(&mut self.journal, &svc_key, Some(&k));
+                    note_instance(&mut self.journal, &svc_key, &k, Some(v));
                     dropped += 1;
                 }
             }
@@ -595,21 +656,29 @@ impl Store {
         if entries.capacity() > 4 * JOURNAL_ENTRIES_MAX {
             j.entries.shrink_to(JOURNAL_ENTRIES_MAX);
         }
-        entries.sort_unstable_by(|a, b| (&*a.0, a.1.as_deref()).cmp(&(&*b.0, b.1.as_deref())));
+        // Stable, and the first note of a key stays: it carries the
+        // version the key had at the last save (its row's key).
+        entries.sort_by(|a, b| (&*a.0, a.1.as_deref()).cmp(&(&*b.0, b.1.as_deref())));
         entries.dedup_by(|a, b| a.0 == b.0 && a.1 == b.1);
-        cleared.sort_unstable();
-        cleared.dedup();
+        cleared.sort_unstable_by(|a, b| a.0.cmp(&b.0));
         let mut out: Vec<ServiceChanges> = Vec::new();
-        let mut i = 0;
+        let (mut i, mut c) = (0, 0);
         while i < entries.len() {
             let svc_key = entries[i].0.clone();
             let end = entries[i..]
                 .iter()
                 .position(|e| e.0 != svc_key)
                 .map_or(entries.len(), |n| i + n);
-            let clear = cleared.binary_search(&svc_key).is_ok();
-            out.push(self.service_changes(&svc_key, &entries[i..end], clear));
+            while c < cleared.len() && cleared[c].0 < svc_key {
+                c += 1; // (every cleared service has a noted entry)
+            }
+            let c_end = cleared[c..]
+                .iter()
+                .position(|e| e.0 != svc_key)
+                .map_or(cleared.len(), |n| c + n);
+            out.push(self.service_changes(&svc_key, &entries[i..end], &cleared[c..c_end]));
             i = end;
+            c = c_end;
         }
         Some(Changes {
             services: out,
@@ -619,12 +688,13 @@ impl Store {
     }
 
     /// One service's rows for the noted keys `noted` (sorted, the
-    /// service's own row first when noted).
+    /// service's own row first when noted) and the rows of its records
+    /// removed with it (`cleared`).
     fn service_changes(
         &self,
         svc_key: &Rc<str>,
-        noted: &[(Rc<str>, Option<Arc<str>>)],
-        clear: bool,
+        noted: &[(Rc<str>, Option<Arc<str>>, Option<Version>)],
+        cleared: &[(Rc<str>, Arc<str>, Version)],
     ) -> ServiceChanges {
         let live = self.services.get(svc_key);
         let row_noted = noted.iter().any(|e| e.1.is_none());
@@ -652,8 +722,6 @@ impl Store {
                     deleted: Some(*v),
                 }),
         });
-        // A service gone whole takes its instance rows with it.
-        let clear = clear || (row_noted && live.is_none());
         let row_of = |k: &Arc<str>| -> Option<InstanceRow> {
             let s = live?;
             if let Some(i) = s.instances.get(k) {
@@ -665,25 +733,26 @@ impl Store {
             }
             s.tombstones.get(k).map(|t| InstanceRow::Tombstone(*t))
         };
-        let instances = match (clear, live) {
-            // Everything was deleted: write back all that is there now.
-            (true, Some(s)) => s
-                .instances
-                .keys()
-                .chain(s.tombstones.keys())
-                .map(|k| (k.clone(), row_of(k)))
-                .collect(),
-            (true, None) => Vec::new(),
-            (false, _) => noted
-                .iter()
-                .filter_map(|e| e.1.as_ref())
-                .map(|k| (k.clone(), row_of(k)))
-                .collect(),
-        };
+        let mut deletes: Vec<(Arc<str>, Version)> =
+            cleared.iter().map(|(_, k, v)| (k.clone(), *v)).collect();
+        let mut instances = Vec::new();
+        for (_, k, old) in noted {
+            let Some(k) = k else { continue };
+            let now = row_of(k);
+            match (old, &now) {
+                // Unchanged since the last save (noted, then put back).
+                (Some(v), Some(r)) if *v == r.version() => continue,
+                (Some(v), _) => deletes.push((k.clone(), *v)),
+                (None, _) => {}
+            }
+            if let Some(r) = now {
+                instances.push((k.clone(), r));
+            }
+        }
         ServiceChanges {
             key: svc_key.to_string(),
-            clear,
             row,
+            deletes,
             instances,
         }
     }

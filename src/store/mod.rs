@@ -355,11 +355,20 @@ impl Store {
     }
 
     /// Replaces a deleted instance's record by a tombstone.
-    fn bury(&mut self, svc_key: &Rc<str>, inst_key: Arc<str>, persistent: bool, now_ms: u64) {
+    /// `was`: the version of the instance just removed, if one was.
+    fn bury(
+        &mut self,
+        svc_key: &Rc<str>,
+        inst_key: Arc<str>,
+        was: Option<Version>,
+        persistent: bool,
+        now_ms: u64,
+    ) {
         let version = self.next_version(now_ms);
         self.bury_at(
             svc_key,
             inst_key,
+            was,
             Tomb {
                 version,
                 persistent,
@@ -369,10 +378,18 @@ impl Store {
     }
 
     /// Leaves a tombstone for an instance, purged after its kind's TTL.
-    fn bury_at(&mut self, svc_key: &Rc<str>, inst_key: Arc<str>, tomb: Tomb, now_ms: u64) {
+    fn bury_at(
+        &mut self,
+        svc_key: &Rc<str>,
+        inst_key: Arc<str>,
+        was: Option<Version>,
+        tomb: Tomb,
+        now_ms: u64,
+    ) {
         if let Some(s) = self.services.get_mut(svc_key) {
-            journal::note(&mut self.journal, svc_key, Some(&inst_key));
-            s.tombstones.insert(inst_key.clone(), tomb);
+            let prev = s.tombstones.insert(inst_key.clone(), tomb);
+            let old = was.or(prev.map(|t| t.version));
+            journal::note_instance(&mut self.journal, svc_key, &inst_key, old);
             self.schedule_purge(svc_key.clone(), Some(inst_key), tomb, now_ms);
         }
     }
@@ -455,7 +472,7 @@ impl Store {
             Some(k) => {
                 if let Some(s) = self.services.get_mut(&svc_key) {
                     if s.tombstones.get(&k).map(|t| t.version) == Some(version) {
-                        journal::note(&mut self.journal, &svc_key, Some(&k));
+                        journal::note_instance(&mut self.journal, &svc_key, &k, Some(version));
                         s.tombstones.remove(&k);
                         shrink_sparse(&mut s.tombstones);
                         // The checksum covers tombstones; lists do not.
@@ -466,7 +483,7 @@ impl Store {
             None => {
                 if matches!(self.service_tombstones.get(&svc_key), Some((_, v)) if *v == version) {
                     self.service_tombstones.remove(&svc_key);
-                    journal::note(&mut self.journal, &svc_key, None);
+                    journal::note(&mut self.journal, &svc_key);
                 }
             }
         }
@@ -517,7 +534,7 @@ impl Store {
         let key = id.full_key();
         if !self.services.contains_key(key) {
             let s = Service::new(id.clone(), now_ms);
-            journal::note(&mut self.journal, &s.key, None);
+            journal::note(&mut self.journal, &s.key);
             self.services.insert(s.key.clone(), s);
         }
         self.services.get_mut(key).expect("inserted above")
@@ -573,7 +590,9 @@ impl Store {
         }
         Self::arm(&mut self.timers, &svc_key, &mut inst);
         let s = self.services.get_mut(&*svc_key).expect("exists");
-        journal::note(&mut self.journal, &svc_key, Some(&inst.key));
+        let old = s.instances.get(&inst.key).map(|i| i.version);
+        let old = old.or_else(|| s.tombstones.get(&inst.key).map(|t| t.version));
+        journal::note_instance(&mut self.journal, &svc_key, &inst.key, old);
         s.tombstones.remove(&inst.key);
         if s.instances.insert(inst.key.clone(), inst).is_none() {
             self.instances += 1;
@@ -597,7 +616,7 @@ impl Store {
         let Some(inst) = s.instances.get_mut(addr.key().as_str()) else {
             return false;
         };
-        journal::note(&mut self.journal, &svc_key, Some(&inst.key));
+        journal::note_instance(&mut self.journal, &svc_key, &inst.key, Some(inst.version));
         if !inst.ephemeral || change.ephemeral == Some(false) {
             journal::note_durable(&mut self.journal);
         }
@@ -660,7 +679,8 @@ impl Store {
         self.instances -= 1;
         s.touch(now_ms);
         let svc_key = s.key.clone();
-        self.bury(&svc_key, inst.key.clone(), !inst.ephemeral, now_ms);
+        let was = Some(inst.version);
+        self.bury(&svc_key, inst.key.clone(), was, !inst.ephemeral, now_ms);
         true
     }
 
@@ -733,7 +753,7 @@ impl Store {
                 s.touch(now_ms);
                 // Its kind unknown: the short TTL (an older copy arrives
                 // within the replication delay).
-                self.bury(&svc_key, Arc::from(addr.key()), false, now_ms);
+                self.bury(&svc_key, Arc::from(addr.key()), None, false, now_ms);
                 changed(Reply::ok())
             }
             Op::Beat { svc, addr, beat } => self.beat(svc, addr, beat, now_ms),
@@ -791,7 +811,7 @@ impl Store {
                 s.fields_version = version;
                 s.touch(now_ms);
                 let key = s.key.clone();
-                journal::note(&mut self.journal, &key, None);
+                journal::note(&mut self.journal, &key);
                 journal::note_durable(&mut self.journal);
                 changed(Reply::ok())
             }
@@ -801,7 +821,7 @@ impl Store {
                         Self::set_service(s, change);
                         s.fields_version = self.stamp.next(now_ms);
                         s.touch(now_ms);
-                        journal::note(&mut self.journal, &s.key, None);
+                        journal::note(&mut self.journal, &s.key);
                         journal::note_durable(&mut self.journal);
                         changed(Reply::ok())
                     }
@@ -827,7 +847,7 @@ impl Store {
                         // service tombstone is newer than all of them.
                         let version = self.next_version(now_ms);
                         if let Some(gone) = self.services.remove(key) {
-                            journal::note_cleared(&mut self.journal, &gone.key);
+                            journal::note_cleared(&mut self.journal, &gone);
                             journal::note_durable(&mut self.journal);
                             self.service_tombstones
                                 .insert(gone.key.clone(), (gone.id.clone(), version));
@@ -881,7 +901,8 @@ impl Store {
                 Self::arm(&mut self.timers, &svc_key, inst);
                 let revived = !inst.healthy;
                 if revived {
-                    journal::note(&mut self.journal, &svc_key, Some(&inst.key));
+                    let old = Some(inst.version);
+                    journal::note_instance(&mut self.journal, &svc_key, &inst.key, old);
                     inst.healthy = true;
                     inst.version = self.stamp.next(now_ms);
                     s.touch(now_ms);
@@ -959,10 +980,10 @@ impl Store {
             let t = inst.timeouts;
             if silent_ms >= t.delete_timeout_ms {
                 tracing::info!(service = %svc_key, instance = %inst_key, silent_ms, "instance expired, removed");
-                s.instances.remove(&inst_key);
+                let was = s.instances.remove(&inst_key).map(|i| i.version);
                 self.instances -= 1;
                 s.touch(now_ms);
-                self.bury(&svc_key, inst_key, false, now_ms);
+                self.bury(&svc_key, inst_key, was, false, now_ms);
                 changed.push(svc_key);
                 continue;
             }
@@ -976,8 +997,9 @@ impl Store {
             if turn_unhealthy {
                 tracing::info!(service = %svc_key, instance = %inst_key, silent_ms, "instance unhealthy");
                 inst.healthy = false;
+                let old = Some(inst.version);
                 inst.version = self.stamp.next(now_ms);
-                journal::note(&mut self.journal, &svc_key, Some(&inst.key));
+                journal::note_instance(&mut self.journal, &svc_key, &inst.key, old);
                 s.touch(now_ms);
                 changed.push(svc_key.clone());
             }

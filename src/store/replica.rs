@@ -191,7 +191,7 @@ impl Store {
             s.selector = d.fields.selector;
             s.fields_version = d.fields.version;
             changed = true;
-            super::journal::note(journal, &svc_key, None);
+            super::journal::note(journal, &svc_key);
         } else if d.fields.version < s.fields_version {
             *merged_stale = true;
         }
@@ -230,8 +230,9 @@ impl Store {
                         .as_deref()
                         .is_some_and(|l| l.holder == p.me && p.keeps(l))
                     {
+                        let old = Some(i.version);
                         i.version = stamp.next(now_ms);
-                        super::journal::note(journal, &svc_key, Some(&i.key));
+                        super::journal::note_instance(journal, &svc_key, &i.key, old);
                         reassert = true;
                         continue;
                     }
@@ -239,7 +240,7 @@ impl Store {
             }
             changed = true;
             let inst_key: Arc<str> = Arc::from(r.key.as_str());
-            super::journal::note(journal, &svc_key, Some(&inst_key));
+            super::journal::note_instance(journal, &svc_key, &inst_key, local);
             if r.deleted {
                 if s.instances.remove(&inst_key).is_some() {
                     *instances -= 1;
@@ -351,7 +352,7 @@ impl Store {
                 version: version.retired(),
                 persistent: false,
             };
-            self.bury_at(&svc_key, inst_key, tomb, now_ms);
+            self.bury_at(&svc_key, inst_key, Some(version), tomb, now_ms);
             // `retire` holds each service's instances together.
             if changed.last().map(String::as_str) != Some(&*svc_key) {
                 changed.push(svc_key.to_string());
@@ -368,14 +369,14 @@ impl Store {
                 return false; // written again after the delete
             }
             let gone = self.services.remove(key).expect("present");
-            super::journal::note_cleared(&mut self.journal, &gone.key);
+            super::journal::note_cleared(&mut self.journal, &gone);
             self.instances -= gone.instances.len();
             removed = true;
         }
         let newer_tomb = matches!(self.service_tombstones.get(key), Some((_, v)) if *v >= deleted);
         if !newer_tomb {
             let k: Rc<str> = Rc::from(key);
-            super::journal::note(&mut self.journal, &k, None);
+            super::journal::note(&mut self.journal, &k);
             self.service_tombstones.insert(k.clone(), (id, deleted));
             let tomb = Tomb {
                 version: deleted,
@@ -512,7 +513,7 @@ impl Store {
             .collect();
         for k in &doomed {
             if let Some(gone) = self.services.remove(k) {
-                super::journal::note_cleared(&mut self.journal, &gone.key);
+                super::journal::note_cleared(&mut self.journal, &gone);
                 self.instances -= gone.instances.len();
             }
         }
@@ -524,7 +525,7 @@ impl Store {
             .collect();
         for k in &tombs {
             self.service_tombstones.remove(k);
-            super::journal::note(&mut self.journal, k, None);
+            super::journal::note(&mut self.journal, k);
         }
         doomed
     }

@@ -1137,7 +1137,7 @@ fn the_journal_saves_each_record_once_in_its_latest_state() {
         !rows
             .instances
             .keys()
-            .any(|(_, k)| k.starts_with("10.0.0.1#2#")),
+            .any(|(_, _, _, k)| k.starts_with("10.0.0.1#2#")),
         "purged"
     );
 }
@@ -1399,4 +1399,100 @@ fn a_merge_says_when_the_peers_copy_was_older_than_this_one() {
     let live = c.datum(svc("gone").full_key()).unwrap();
     c.apply(Op::DeleteService { svc: svc("gone") }, 2_000);
     assert_eq!(c.merge_from_peer(live, 2_001), (false, true));
+}
+
+/// Rows keyed by version: after every save the saved rows are exactly the
+/// records held (one row per instance or tombstone, under its version),
+/// whatever happened to them in between.
+#[test]
+fn saved_rows_are_exactly_the_records_held_under_their_versions() {
+    let mut s = store();
+    s.enable_journal();
+    let mut rows = journal::MemoryRows::default();
+    let check = |s: &Store, rows: &journal::MemoryRows, when: &str| {
+        let mut held: Vec<(u64, u64, String, String)> = Vec::new();
+        for name in ["a", "b"] {
+            if let Some(d) = s.datum(svc(name).full_key()) {
+                let k = svc(name).full_key().to_string();
+                for r in d.instances {
+                    held.push((r.version.hlc, r.version.writer, k.clone(), r.key));
+                }
+            }
+        }
+        held.sort();
+        let saved: Vec<_> = rows.instances.keys().cloned().collect();
+        assert_eq!(saved, held, "{when}");
+    };
+    reg(&mut s, "a", spec("10.0.0.1", 1, &[]), 1_000);
+    reg(&mut s, "a", persistent("10.0.0.2"), 1_000);
+    reg(&mut s, "b", spec("10.0.0.3", 1, &[]), 1_000);
+    save(&mut s, &mut rows, 1_000);
+    check(&s, &rows, "registered");
+    // Changed twice between two saves: one row, the latest.
+    reg(&mut s, "a", spec("10.0.0.1", 1, &[("k", "1")]), 2_000);
+    reg(&mut s, "a", spec("10.0.0.1", 1, &[("k", "2")]), 2_001);
+    s.expire(
+        2_000 + Timeouts::default().unhealthy_timeout_ms,
+        &mut Vec::new(),
+    );
+    save(&mut s, &mut rows, 2_002);
+    check(&s, &rows, "updated and turned unhealthy");
+    // Deregistered: the tombstone's row replaces the record's.
+    dereg(&mut s, "a", "10.0.0.1", 3_000);
+    dereg(&mut s, "a", "10.0.0.2", 3_000);
+    save(&mut s, &mut rows, 3_000);
+    check(&s, &rows, "deregistered");
+    // Registered again before the tombstone's row was saved over.
+    reg(&mut s, "a", spec("10.0.0.1", 1, &[]), 4_000);
+    dereg(&mut s, "a", "10.0.0.1", 4_001);
+    reg(&mut s, "a", spec("10.0.0.1", 1, &[]), 4_002);
+    save(&mut s, &mut rows, 4_002);
+    check(&s, &rows, "re-registered");
+    // The ephemeral tombstones purged.
+    let later = 4_002 + TOMBSTONE_VERIFY_ROUNDS_MS + Timeouts::default().delete_timeout_ms;
+    s.expire(later, &mut Vec::new());
+    save(&mut s, &mut rows, later);
+    check(&s, &rows, "purged");
+    // A service deleted whole, then created again in the same save.
+    dereg(&mut s, "b", "10.0.0.3", later);
+    s.apply(Op::DeleteService { svc: svc("b") }, later + 1);
+    reg(&mut s, "b", spec("10.0.0.4", 1, &[]), later + 2);
+    save(&mut s, &mut rows, later + 2);
+    check(&s, &rows, "service deleted and created again");
+    assert!(rows.instance_keys(svc("b").full_key()) == vec!["10.0.0.4#1#DEFAULT"]);
+    // And what was saved comes back the same.
+    let r = restored(&rows, later + 3, true);
+    for name in ["a", "b"] {
+        assert_eq!(
+            r.datum(svc(name).full_key()).map(|d| d.instances),
+            s.datum(svc(name).full_key()).map(|d| d.instances),
+            "{name} after a restart"
+        );
+    }
+}
+
+#[test]
+fn of_two_saved_rows_of_one_instance_the_newer_is_read_back_and_the_older_deleted() {
+    let mut s = store();
+    s.enable_journal();
+    let mut rows = journal::MemoryRows::default();
+    reg(&mut s, "a", spec("10.0.0.1", 1, &[("k", "old")]), 1_000);
+    save(&mut s, &mut rows, 1_000);
+    let old = rows.clone();
+    reg(&mut s, "a", spec("10.0.0.1", 1, &[("k", "new")]), 2_000);
+    save(&mut s, &mut rows, 2_000);
+    // An older build's leftover: the first row again beside the second.
+    rows.instances.extend(old.instances);
+    let mut g = journal::Regroup::new(Default::default());
+    for ((h, w, sv, i), v) in &rows.instances {
+        g.instance((*h, *w, sv, i), v);
+    }
+    assert_eq!(g.leftovers.len(), 1);
+    let r = restored(&rows, 3_000, true);
+    let d = r.datum(svc("a").full_key()).unwrap();
+    assert_eq!(d.instances.len(), 1);
+    assert_eq!(
+        d.instances[0].metadata.get("k").map(String::as_str),
+        Some("new")
+    );
 }
