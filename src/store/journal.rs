@@ -21,13 +21,17 @@ use crate::distro::hlc::Version;
 /// for its tick.
 pub const JOURNAL_ENTRIES_MAX: usize = 16_384;
 
+/// A noted key: (service key, instance key or None for the service's
+/// own row, the instance's version before the change).
+type Noted = (Rc<str>, Option<Arc<str>>, Option<Version>);
+
 /// Keys noted since the last save.
 #[derive(Debug, Default)]
 pub struct Journal {
     /// (service key, instance key; None: the service's own row, the
     /// version the instance had before the change: its saved row's key,
     /// when the first note since the last save carries it).
-    entries: Vec<(Rc<str>, Option<Arc<str>>, Option<Version>)>,
+    entries: Vec<Noted>,
     /// Rows of services removed whole since the last save: (service key,
     /// instance key, version), deleted.
     cleared: Vec<(Rc<str>, Arc<str>, Version)>,
@@ -693,7 +697,7 @@ impl Store {
     fn service_changes(
         &self,
         svc_key: &Rc<str>,
-        noted: &[(Rc<str>, Option<Arc<str>>, Option<Version>)],
+        noted: &[Noted],
         cleared: &[(Rc<str>, Arc<str>, Version)],
     ) -> ServiceChanges {
         let live = self.services.get(svc_key);
