@@ -362,8 +362,8 @@ impl Opened {
             loaded.rows += 1;
             group.instance(k.value(), v.value());
         }
-        let leftovers = std::mem::take(&mut group.leftovers);
-        loaded.services = group.finish(&mut dispatch);
+        let (services, leftovers) = group.finish(&mut dispatch);
+        loaded.services = services;
         drop((instances, services, txn));
         if !leftovers.is_empty() {
             let txn = self.db.begin_write().map_err(|e| bad(e.into()))?;

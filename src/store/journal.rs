@@ -357,9 +357,10 @@ impl MemoryRows {
 pub struct Regroup {
     /// Service rows not yet handed out.
     rows: std::collections::BTreeMap<String, Vec<u8>>,
-    /// service key -> instance key -> (version, row).
-    groups: super::Map<String, super::Map<String, (Version, Vec<u8>)>>,
-    /// Rows superseded by a newer row of the same instance.
+    /// service key -> (instance key, version, row), in reading order.
+    groups: super::Map<String, Vec<(String, Version, Vec<u8>)>>,
+    /// Rows superseded by a newer row of the same instance (filled by
+    /// `finish`).
     pub leftovers: Vec<(u64, u64, String, String)>,
     /// Services handed out so far.
     pub services: usize,
@@ -378,39 +379,37 @@ impl Regroup {
     /// The next instance row, in any order.
     pub fn instance(&mut self, key: RowKey<'_>, row: &[u8]) {
         let (hlc, writer, svc, inst) = key;
-        let v = Version { hlc, writer };
         let group = match self.groups.get_mut(svc) {
             Some(g) => g,
             None => self.groups.entry(svc.to_string()).or_default(),
         };
-        match group.get_mut(inst) {
-            Some((old, old_row)) => {
-                let (lose, lost_row) = if *old < v {
-                    let lost = (*old, std::mem::replace(old_row, row.to_vec()));
-                    *old = v;
-                    lost
-                } else {
-                    (v, Vec::new())
-                };
-                drop(lost_row);
-                self.leftovers
-                    .push((lose.hlc, lose.writer, svc.to_string(), inst.to_string()));
-            }
-            None => {
-                group.insert(inst.to_string(), (v, row.to_vec()));
-            }
-        }
+        group.push((inst.to_string(), Version { hlc, writer }, row.to_vec()));
     }
 
     /// Hands out every service with instances, then those without.
-    /// Returns how many.
-    pub fn finish(mut self, mut out: impl FnMut(SavedService)) -> usize {
-        for (key, insts) in std::mem::take(&mut self.groups) {
+    /// Returns how many, and the superseded rows (to delete).
+    pub fn finish(
+        mut self,
+        mut out: impl FnMut(SavedService),
+    ) -> (usize, Vec<(u64, u64, String, String)>) {
+        let mut leftovers = std::mem::take(&mut self.leftovers);
+        for (key, mut insts) in std::mem::take(&mut self.groups) {
+            // Of two rows of one instance, the newer stays.
+            insts.sort_unstable_by(|a, b| (&a.0, a.1).cmp(&(&b.0, b.1)));
+            let mut kept: Vec<(String, Vec<u8>)> = Vec::with_capacity(insts.len());
+            let mut it = insts.into_iter().peekable();
+            while let Some((inst, v, row)) = it.next() {
+                if it.peek().is_some_and(|n| n.0 == inst) {
+                    leftovers.push((v.hlc, v.writer, key.clone(), inst));
+                } else {
+                    kept.push((inst, row));
+                }
+            }
             let row = self.rows.remove(&key);
             out(SavedService {
                 key,
                 row,
-                instances: insts.into_iter().map(|(k, (_, r))| (k, r)).collect(),
+                instances: kept,
             });
             self.services += 1;
         }
@@ -422,7 +421,7 @@ impl Regroup {
             });
             self.services += 1;
         }
-        self.services
+        (self.services, leftovers)
     }
 }
 

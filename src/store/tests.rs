@@ -1487,7 +1487,8 @@ fn of_two_saved_rows_of_one_instance_the_newer_is_read_back_and_the_older_delete
     for ((h, w, sv, i), v) in &rows.instances {
         g.instance((*h, *w, sv, i), v);
     }
-    assert_eq!(g.leftovers.len(), 1);
+    let (services, leftovers) = g.finish(|_| {});
+    assert_eq!((services, leftovers.len()), (1, 1));
     let r = restored(&rows, 3_000, true);
     let d = r.datum(svc("a").full_key()).unwrap();
     assert_eq!(d.instances.len(), 1);
