@@ -437,11 +437,7 @@ impl Store {
         for long in [false, true] {
             let mut purged = 0;
             loop {
-                let q = if long {
-                    &mut self.purges_long
-                } else {
-                    &mut self.purges
-                };
+                let q = purge_queue(&mut self.purges, &mut self.purges_long, long);
                 let early = long && q.len() > self.purges_long_max;
                 match q.front() {
                     Some((at, ..)) if *at <= now_ms || early => {}
@@ -454,11 +450,7 @@ impl Store {
                 purged += 1;
                 self.purge_one(svc_key, inst_key, version);
             }
-            let q = if long {
-                &mut self.purges_long
-            } else {
-                &mut self.purges
-            };
+            let q = purge_queue(&mut self.purges, &mut self.purges_long, long);
             if purged > 0 && q.capacity() > ROOM_SLACK * q.len().max(ROOM_KEEP) {
                 q.shrink_to(2 * q.len());
             }
