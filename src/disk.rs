@@ -18,21 +18,27 @@ use crossbeam_channel::{Receiver, RecvTimeoutError, Sender, TrySendError};
 use futures_channel::oneshot;
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 
-use crate::store::journal::{Changes, Regroup, RowKey, RowSink, SavedService};
+use crate::store::journal::{
+    parse_row_key, row_key_bytes, Changes, Regroup, RowKey, RowSink, SavedService,
+};
 
 /// The store file in the data directory.
 pub const STORE_FILE: &str = "registry.redb";
 /// The layout of the rows; a file of format 1 is rewritten at start,
 /// one of another layout refused.
-pub const FORMAT_VERSION: u64 = 2;
-/// Instance rows: (version hlc, version writer, service key, instance
-/// key) -> datum record (JSON array). Keyed by version first, so that new
-/// records land next to each other: a commit of thousands of new
-/// instances rewrites a few leaf pages, not one per instance (with the
-/// service key first, storage cost 8.2 us per register, by version 2.1).
-const INSTANCE_ROWS: TableDefinition<(u64, u64, &str, &str), &[u8]> =
+pub const FORMAT_VERSION: u64 = 3;
+/// Instance rows: `journal::row_key_bytes` (version hlc, version writer,
+/// service key, instance key, as one byte string) -> `journal::DiskRow`
+/// (postcard). Keyed by version first, so that new records land next to
+/// each other: a commit of thousands of new instances rewrites a few leaf
+/// pages, not one per instance (with the service key first, storage cost
+/// 8.2 us per register, by version 2.1; docs/performance.md).
+const INSTANCE_ROWS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("instance_rows_3");
+/// Format 2's instance rows: (version hlc, version writer, service key,
+/// instance key) -> datum record (JSON).
+const INSTANCES_V2: TableDefinition<(u64, u64, &str, &str), &[u8]> =
     TableDefinition::new("instance_rows");
-/// Format 1's instance rows: (service key, instance key) -> record.
+/// Format 1's instance rows: (service key, instance key) -> record (JSON).
 const INSTANCES_V1: TableDefinition<(&str, &str), &[u8]> = TableDefinition::new("instances");
 /// Service rows: service key -> `journal::ServiceRow` (JSON).
 const SERVICES: TableDefinition<&str, &[u8]> = TableDefinition::new("services");
@@ -285,9 +291,13 @@ pub fn open(dir: &Path) -> Result<Opened, DiskError> {
             txn.open_table(INSTANCE_ROWS).map_err(|e| bad(e.into()))?;
             txn.open_table(SERVICES).map_err(|e| bad(e.into()))?;
         }
-        Some(1) => {
-            let n = upgrade_v1(&txn).map_err(|e| unreadable(&file, e))?;
-            tracing::info!(file = %file.display(), rows = n, "store rewritten from row format 1 to 2");
+        Some(from @ (1 | 2)) => {
+            let n = upgrade(&txn, from).map_err(|e| unreadable(&file, e))?;
+            tracing::info!(
+                file = %file.display(),
+                rows = n,
+                "store rewritten from row format {from} to {FORMAT_VERSION}"
+            );
         }
         Some(other) => {
             return Err(unreadable(
@@ -307,27 +317,50 @@ pub fn open(dir: &Path) -> Result<Opened, DiskError> {
     })
 }
 
-/// Rewrites format 1's instance rows keyed by version (format 2).
-fn upgrade_v1(txn: &redb::WriteTransaction) -> Result<usize, String> {
+/// Rewrites the instance rows of format 1 (keyed by service and
+/// instance) or 2 (keyed by version, JSON records) as format 3's.
+fn upgrade(txn: &redb::WriteTransaction, from: u64) -> Result<usize, String> {
     let err = |e: redb::Error| e.to_string();
     let mut n = 0;
     {
-        let old = txn.open_table(INSTANCES_V1).map_err(|e| err(e.into()))?;
         let mut new = txn.open_table(INSTANCE_ROWS).map_err(|e| err(e.into()))?;
-        for e in old.iter().map_err(|e| err(e.into()))? {
-            let (k, v) = e.map_err(|e| err(e.into()))?;
-            let (svc, inst) = k.value();
-            let r = crate::store::journal::decode_instance(inst, v.value())
+        let (mut key, mut value) = (Vec::new(), Vec::new());
+        let mut put = |svc: &str, inst: &str, row: &[u8]| -> Result<(), String> {
+            let r = crate::store::journal::decode_instance_json(inst, row)
                 .map_err(|e| format!("service {svc}: bad instance row {inst}: {e}"))?;
-            let key = (r.version.hlc, r.version.writer, svc, inst);
-            new.insert(key, v.value()).map_err(|e| err(e.into()))?;
+            row_key_bytes((r.version.hlc, r.version.writer, svc, inst), &mut key);
+            value.clear();
+            crate::store::journal::encode_record(&r, &mut value);
+            new.insert(key.as_slice(), value.as_slice())
+                .map_err(|e| err(e.into()))?;
             n += 1;
+            Ok(())
+        };
+        if from == 1 {
+            let old = txn.open_table(INSTANCES_V1).map_err(|e| err(e.into()))?;
+            for e in old.iter().map_err(|e| err(e.into()))? {
+                let (k, v) = e.map_err(|e| err(e.into()))?;
+                let (svc, inst) = k.value();
+                put(svc, inst, v.value())?;
+            }
+        } else {
+            let old = txn.open_table(INSTANCES_V2).map_err(|e| err(e.into()))?;
+            for e in old.iter().map_err(|e| err(e.into()))? {
+                let (k, v) = e.map_err(|e| err(e.into()))?;
+                let (_, _, svc, inst) = k.value();
+                put(svc, inst, v.value())?;
+            }
         }
         let mut meta = txn.open_table(META).map_err(|e| err(e.into()))?;
         meta.insert("format", FORMAT_VERSION)
             .map_err(|e| err(e.into()))?;
     }
-    txn.delete_table(INSTANCES_V1).map_err(|e| err(e.into()))?;
+    let deleted = if from == 1 {
+        txn.delete_table(INSTANCES_V1)
+    } else {
+        txn.delete_table(INSTANCES_V2)
+    };
+    deleted.map_err(|e| err(e.into()))?;
     Ok(n)
 }
 
@@ -360,7 +393,13 @@ impl Opened {
         for e in instances.iter().map_err(|e| bad(e.into()))? {
             let (k, v) = e.map_err(|e| bad(e.into()))?;
             loaded.rows += 1;
-            group.instance(k.value(), v.value());
+            let key = parse_row_key(k.value()).ok_or_else(|| {
+                unreadable(
+                    &self.file,
+                    format!("an instance row has a malformed key ({:02x?})", k.value()),
+                )
+            })?;
+            group.instance(key, v.value());
         }
         let (services, leftovers) = group.finish(&mut dispatch);
         loaded.services = services;
@@ -369,9 +408,10 @@ impl Opened {
             let txn = self.db.begin_write().map_err(|e| bad(e.into()))?;
             {
                 let mut t = txn.open_table(INSTANCE_ROWS).map_err(|e| bad(e.into()))?;
+                let mut key = Vec::new();
                 for (h, w, s, i) in &leftovers {
-                    t.remove((*h, *w, s.as_str(), i.as_str()))
-                        .map_err(|e| bad(e.into()))?;
+                    row_key_bytes((*h, *w, s.as_str(), i.as_str()), &mut key);
+                    t.remove(key.as_slice()).map_err(|e| bad(e.into()))?;
                 }
             }
             txn.commit().map_err(|e| bad(e.into()))?;
@@ -536,7 +576,9 @@ fn fail(stats: &DiskStats, pending: &mut [Job], why: &str) {
 
 /// The store file's tables as a `RowSink`.
 struct Tables<'t> {
-    instances: redb::Table<'t, (u64, u64, &'static str, &'static str), &'static [u8]>,
+    instances: redb::Table<'t, &'static [u8], &'static [u8]>,
+    /// The key being written (`row_key_bytes`).
+    key: Vec<u8>,
     services: redb::Table<'t, &'static str, &'static [u8]>,
 }
 
@@ -551,11 +593,13 @@ impl RowSink for Tables<'_> {
         Ok(())
     }
     fn put_instance(&mut self, key: RowKey<'_>, row: &[u8]) -> Result<(), Self::Error> {
-        self.instances.insert(key, row)?;
+        row_key_bytes(key, &mut self.key);
+        self.instances.insert(self.key.as_slice(), row)?;
         Ok(())
     }
     fn delete_instance(&mut self, key: RowKey<'_>) -> Result<(), Self::Error> {
-        self.instances.remove(key)?;
+        row_key_bytes(key, &mut self.key);
+        self.instances.remove(self.key.as_slice())?;
         Ok(())
     }
 }
@@ -568,6 +612,7 @@ fn commit(db: &Database, jobs: &[Job]) -> Result<usize, redb::Error> {
     {
         let mut tables = Tables {
             instances: txn.open_table(INSTANCE_ROWS)?,
+            key: Vec::with_capacity(128),
             services: txn.open_table(SERVICES)?,
         };
         let mut meta = txn.open_table(META)?;

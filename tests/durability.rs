@@ -480,42 +480,68 @@ fn a_full_disk_refuses_persistent_writes_and_recovers() {
     );
 }
 
-/// A store of row format 1 (instance rows keyed by service and instance,
-/// before issue 12's rows keyed by version) is rewritten at start and
-/// serves what it held, then and after another restart.
+/// Stores of older row formats are rewritten at start and serve what they
+/// held, then and after another restart.
 #[test]
 fn a_format_1_store_is_rewritten_and_keeps_its_instances() {
-    let dir = TempDir::new("format1");
-    let file = dir.0.join("registry.redb");
+    older_format_store_is_rewritten(1);
+}
+
+#[test]
+fn a_format_2_store_is_rewritten_and_keeps_its_instances() {
+    older_format_store_is_rewritten(2);
+}
+
+/// Writes a store file of row format `format` (1: rows keyed by service
+/// and instance; 2: by version, JSON records) with redb: one persistent
+/// instance per (service, ip), all saved a minute ago.
+fn write_old_store(file: &Path, format: u64, rows: &[(String, String)]) {
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap()
         .as_millis() as u64;
     let hlc = distro_registry::distro::hlc::pack(now - 60_000, 0);
+    let db = redb::Database::create(file).unwrap();
+    let txn = db.begin_write().unwrap();
     {
-        let db = redb::Database::create(&file).unwrap();
-        let txn = db.begin_write().unwrap();
-        {
-            let meta: redb::TableDefinition<&str, u64> = redb::TableDefinition::new("meta");
-            let mut m = txn.open_table(meta).unwrap();
-            m.insert("format", 1).unwrap();
-            m.insert("clock", hlc).unwrap();
-            let rows: redb::TableDefinition<(&str, &str), &[u8]> =
-                redb::TableDefinition::new("instances");
-            let mut t = txn.open_table(rows).unwrap();
-            let svc = "public##DEFAULT_GROUP@@old-format";
-            for ip in ["10.14.0.1", "10.14.0.2"] {
-                let row =
-                    format!(r#"["{ip}",8080,"DEFAULT",1.0,true,true,false,{{}},{hlc},256,false]"#);
-                t.insert((svc, format!("{ip}#8080#DEFAULT").as_str()), row.as_bytes())
+        let meta: redb::TableDefinition<&str, u64> = redb::TableDefinition::new("meta");
+        let mut m = txn.open_table(meta).unwrap();
+        m.insert("format", format).unwrap();
+        m.insert("clock", hlc).unwrap();
+        let v1: redb::TableDefinition<(&str, &str), &[u8]> =
+            redb::TableDefinition::new("instances");
+        let v2: redb::TableDefinition<(u64, u64, &str, &str), &[u8]> =
+            redb::TableDefinition::new("instance_rows");
+        let mut t1 = txn.open_table(v1).unwrap();
+        let mut t2 = txn.open_table(v2).unwrap();
+        for (svc, ip) in rows {
+            let svc = format!("public##DEFAULT_GROUP@@{svc}");
+            let row =
+                format!(r#"["{ip}",8080,"DEFAULT",1.0,true,true,false,{{}},{hlc},256,false]"#);
+            let inst = format!("{ip}#8080#DEFAULT");
+            if format == 1 {
+                t1.insert((svc.as_str(), inst.as_str()), row.as_bytes())
+                    .unwrap();
+            } else {
+                t2.insert((hlc, 256, svc.as_str(), inst.as_str()), row.as_bytes())
                     .unwrap();
             }
-            let services: redb::TableDefinition<&str, &[u8]> =
-                redb::TableDefinition::new("services");
-            txn.open_table(services).unwrap();
         }
-        txn.commit().unwrap();
+        let services: redb::TableDefinition<&str, &[u8]> = redb::TableDefinition::new("services");
+        txn.open_table(services).unwrap();
     }
+    txn.commit().unwrap();
+}
+
+/// A store file of an older row format, two persistent instances in it:
+/// a node reads it, rewrites it, and keeps what later writes do to it.
+fn older_format_store_is_rewritten(format: u64) {
+    let dir = TempDir::new(&format!("format{format}"));
+    let rows: Vec<(String, String)> = ["10.14.0.1", "10.14.0.2"]
+        .iter()
+        .map(|ip| ("old-format".to_string(), ip.to_string()))
+        .collect();
+    write_old_store(&dir.0.join("registry.redb"), format, &rows);
     let both = set(&["10.14.0.1", "10.14.0.2"]);
     let n = start(dir.path(), &[]);
     assert_eq!(ips(&n, "old-format"), both);

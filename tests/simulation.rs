@@ -201,9 +201,17 @@ impl Node {
         self.disk
             .instances
             .iter()
-            .filter(|((_, _, s, i), _)| s == key && i == inst)
-            .filter_map(|(_, row)| journal::decode_instance(inst, row).ok())
-            .map(|r| r.version)
+            .filter(|((_, _, s, i), row)| {
+                s == key
+                    && i == inst
+                    && journal::decode_instance(i, Default::default(), row).is_ok()
+            })
+            .map(
+                |((hlc, writer, _, _), _)| distro_registry::distro::hlc::Version {
+                    hlc: *hlc,
+                    writer: *writer,
+                },
+            )
             .max()
     }
 

@@ -105,22 +105,50 @@ pub enum InstanceRow {
     Tombstone(super::service::Tomb),
 }
 
-/// `datum::WireRecord`'s order (the same array a datum carries).
+/// An instance row's value (row format 3, postcard): what its key does
+/// not say. The key holds the version, the service and the address
+/// (`ip#port#cluster`), so the value is the rest of the record, about 15
+/// bytes for an instance without metadata (the JSON record of format 2
+/// was about 85, with the address and the version twice).
 #[derive(Serialize)]
-struct WireRow<'a>(
-    &'a str,
-    u16,
-    &'a str,
-    f64,
-    bool,
-    bool,
-    bool,
-    &'a Metadata,
-    u64,
-    u64,
-    bool,
-    #[serde(skip_serializing_if = "Option::is_none")] Option<(&'a str, u64, u64)>,
-);
+struct DiskRow<'a> {
+    weight: f64,
+    healthy: bool,
+    enabled: bool,
+    ephemeral: bool,
+    deleted: bool,
+    metadata: MetaPairs<'a>,
+    lease: Option<(&'a str, u64, u64)>,
+}
+
+/// `DiskRow` read back.
+#[derive(Deserialize)]
+struct DiskRowOwned {
+    weight: f64,
+    healthy: bool,
+    enabled: bool,
+    ephemeral: bool,
+    deleted: bool,
+    metadata: Vec<(String, String)>,
+    lease: Option<(String, u64, u64)>,
+}
+
+/// Metadata as a sequence of pairs (postcard has no self-describing maps,
+/// which `Metadata`'s own deserializer needs).
+struct MetaPairs<'a>(&'a Metadata);
+
+impl Serialize for MetaPairs<'_> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_seq(self.0.iter())
+    }
+}
+
+impl DiskRow<'_> {
+    fn write(&self, out: &mut Vec<u8>) {
+        let buf = std::mem::take(out);
+        *out = postcard::to_extend(self, buf).expect("a row serializes");
+    }
+}
 
 impl InstanceRow {
     /// The version of the record: with the keys, the row's key.
@@ -131,59 +159,124 @@ impl InstanceRow {
         }
     }
 
-    /// The row's bytes: a datum record (`InstanceRecord`'s wire form).
-    pub fn encode(&self, key: &str, out: &mut Vec<u8>) {
+    /// The row's value (`DiskRow`), appended to `out`.
+    pub fn encode(&self, out: &mut Vec<u8>) {
         let empty = Metadata::new();
-        let row = match self {
-            InstanceRow::Live {
-                data,
-                version,
-                lease,
-            } => WireRow(
-                &data.addr.ip,
-                data.addr.port,
-                &data.addr.cluster,
-                data.weight,
-                data.healthy,
-                data.enabled,
-                data.ephemeral,
-                &data.metadata,
-                version.hlc,
-                version.writer,
-                false,
-                lease
+        match self {
+            InstanceRow::Live { data, lease, .. } => DiskRow {
+                weight: data.weight,
+                healthy: data.healthy,
+                enabled: data.enabled,
+                ephemeral: data.ephemeral,
+                deleted: false,
+                metadata: MetaPairs(&data.metadata),
+                lease: lease
                     .as_ref()
                     .map(|l| (l.holder.as_str(), l.boot, l.serial)),
-            ),
-            InstanceRow::Tombstone(t) => {
-                let (ip, port, cluster) = split_key(key);
-                let (v, ephemeral) = (t.version, !t.persistent);
-                WireRow(
-                    ip, port, cluster, 0.0, false, false, ephemeral, &empty, v.hlc, v.writer, true,
-                    None,
-                )
-            }
-        };
-        serde_json::to_writer(out, &row).expect("a row serializes");
+            },
+            InstanceRow::Tombstone(t) => DiskRow {
+                weight: 0.0,
+                healthy: false,
+                enabled: false,
+                ephemeral: !t.persistent,
+                deleted: true,
+                metadata: MetaPairs(&empty),
+                lease: None,
+            },
+        }
+        .write(out)
     }
 }
 
-/// `ip#port#cluster` into its parts (a key that is not one: all of it
-/// the ip).
-fn split_key(key: &str) -> (&str, u16, &str) {
-    let mut parts = key.splitn(3, '#');
-    let ip = parts.next().unwrap_or("");
-    match (parts.next().and_then(|p| p.parse().ok()), parts.next()) {
-        (Some(port), Some(cluster)) => (ip, port, cluster),
-        _ => (key, 0, ""),
+/// A record's row value (`DiskRow`), appended to `out` (rewriting an
+/// older format's rows).
+pub fn encode_record(r: &InstanceRecord, out: &mut Vec<u8>) {
+    DiskRow {
+        weight: r.weight,
+        healthy: r.healthy,
+        enabled: r.enabled,
+        ephemeral: r.ephemeral,
+        deleted: r.deleted,
+        metadata: MetaPairs(&r.metadata),
+        lease: r
+            .lease
+            .as_ref()
+            .map(|l| (l.holder.as_str(), l.boot, l.serial)),
     }
+    .write(out)
 }
 
-/// Decodes an instance row saved under `key`.
-pub fn decode_instance(key: &str, bytes: &[u8]) -> Result<InstanceRecord, serde_json::Error> {
+/// Why an instance row cannot be read back.
+#[derive(Debug, thiserror::Error)]
+pub enum RowError {
+    #[error("{0}")]
+    Value(#[from] postcard::Error),
+    #[error("{0}")]
+    Json(#[from] serde_json::Error),
+    #[error("instance key {0:?} is not ip#port#cluster")]
+    Key(String),
+}
+
+/// Decodes the row of instance `key` saved under `version` (format 3).
+pub fn decode_instance(
+    key: &str,
+    version: Version,
+    bytes: &[u8],
+) -> Result<InstanceRecord, RowError> {
+    let addr = InstanceAddr::from_key(key).ok_or_else(|| RowError::Key(key.to_string()))?;
+    let r: DiskRowOwned = postcard::from_bytes(bytes)?;
+    Ok(InstanceRecord {
+        key: key.to_string(),
+        ip: addr.ip,
+        port: addr.port,
+        cluster: addr.cluster,
+        weight: r.weight,
+        healthy: r.healthy,
+        enabled: r.enabled,
+        ephemeral: r.ephemeral,
+        metadata: r.metadata.into_iter().collect(),
+        version,
+        deleted: r.deleted,
+        lease: r.lease.map(|(holder, boot, serial)| Lease {
+            holder,
+            boot,
+            serial,
+        }),
+    })
+}
+
+/// Decodes an instance row of formats 1 and 2 (a datum record, JSON)
+/// saved under `key`.
+pub fn decode_instance_json(key: &str, bytes: &[u8]) -> Result<InstanceRecord, RowError> {
     let mut r: InstanceRecord = serde_json::from_slice(bytes)?;
     r.key = key.to_string();
     Ok(r)
+}
+
+/// An instance row's key in the store file (format 3): version hlc and
+/// writer (big-endian, so that bytes sort as versions do and new records
+/// are appended), the service key's length (u32, big-endian), the
+/// service key, the instance key. One byte string: redb compares it with
+/// one `memcmp`, where a tuple key parsed four fields at every compare.
+pub fn row_key_bytes(k: RowKey<'_>, out: &mut Vec<u8>) {
+    let (hlc, writer, svc, inst) = k;
+    out.clear();
+    out.reserve(20 + svc.len() + inst.len());
+    out.extend_from_slice(&hlc.to_be_bytes());
+    out.extend_from_slice(&writer.to_be_bytes());
+    out.extend_from_slice(&(svc.len() as u32).to_be_bytes());
+    out.extend_from_slice(svc.as_bytes());
+    out.extend_from_slice(inst.as_bytes());
+}
+
+/// `row_key_bytes` read back; None for bytes that are not such a key.
+pub fn parse_row_key(b: &[u8]) -> Option<RowKey<'_>> {
+    let hlc = u64::from_be_bytes(b.get(0..8)?.try_into().ok()?);
+    let writer = u64::from_be_bytes(b.get(8..16)?.try_into().ok()?);
+    let len = u32::from_be_bytes(b.get(16..20)?.try_into().ok()?) as usize;
+    let svc = std::str::from_utf8(b.get(20..20usize.checked_add(len)?)?).ok()?;
+    let inst = std::str::from_utf8(&b[20 + len..]).ok()?;
+    Some((hlc, writer, svc, inst))
 }
 
 /// One service's rows to write.
@@ -259,7 +352,7 @@ impl Changes {
             }
             for (inst, r) in &sc.instances {
                 buf.clear();
-                r.encode(inst, &mut buf);
+                r.encode(&mut buf);
                 let v = r.version();
                 sink.put_instance((v.hlc, v.writer, key, inst), &buf)?;
             }
@@ -396,13 +489,13 @@ impl Regroup {
         for (key, mut insts) in std::mem::take(&mut self.groups) {
             // Of two rows of one instance, the newer stays.
             insts.sort_unstable_by(|a, b| (&a.0, a.1).cmp(&(&b.0, b.1)));
-            let mut kept: Vec<(String, Vec<u8>)> = Vec::with_capacity(insts.len());
+            let mut kept: Vec<(String, Version, Vec<u8>)> = Vec::with_capacity(insts.len());
             let mut it = insts.into_iter().peekable();
             while let Some((inst, v, row)) = it.next() {
                 if it.peek().is_some_and(|n| n.0 == inst) {
                     leftovers.push((v.hlc, v.writer, key.clone(), inst));
                 } else {
-                    kept.push((inst, row));
+                    kept.push((inst, v, row));
                 }
             }
             let row = self.rows.remove(&key);
@@ -437,7 +530,8 @@ pub fn service_id_of_key(key: &str) -> Option<ServiceId> {
 pub struct SavedService {
     pub key: String,
     pub row: Option<Vec<u8>>,
-    pub instances: Vec<(String, Vec<u8>)>,
+    /// (instance key, version: both from the row's key, row value).
+    pub instances: Vec<(String, Version, Vec<u8>)>,
 }
 
 /// Why a saved service could not be read back.
@@ -452,7 +546,7 @@ pub enum RestoreError {
     Instance {
         key: String,
         instance: String,
-        source: serde_json::Error,
+        source: RowError,
     },
     #[error("service key {0:?} is not namespace##group@@name")]
     Key(String),
@@ -481,14 +575,14 @@ impl SavedService {
             }
         };
         let mut instances = Vec::with_capacity(self.instances.len());
-        for (k, bytes) in &self.instances {
-            instances.push(
-                decode_instance(k, bytes).map_err(|source| RestoreError::Instance {
+        for (k, v, bytes) in &self.instances {
+            instances.push(decode_instance(k, *v, bytes).map_err(|source| {
+                RestoreError::Instance {
                     key: self.key.clone(),
                     instance: k.clone(),
                     source,
-                })?,
-            );
+                }
+            })?);
         }
         instances.sort_by(|a, b| a.key.cmp(&b.key));
         Ok(Datum {

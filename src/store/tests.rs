@@ -1497,3 +1497,100 @@ fn of_two_saved_rows_of_one_instance_the_newer_is_read_back_and_the_older_delete
         Some("new")
     );
 }
+
+#[test]
+fn instance_rows_read_back_as_the_records_they_were() {
+    let mut s = store();
+    s.enable_journal();
+    reg(
+        &mut s,
+        "a",
+        spec("10.0.0.1", 1, &[("k", "v"), ("zone", "z1")]),
+        1_000,
+    );
+    let mut p = spec("10.0.0.2", 8080, &[]);
+    p.ephemeral = false;
+    p.weight = 2.5;
+    reg(&mut s, "a", p, 1_000);
+    publish_on(&mut s, &lease("10.1.1.1:8848", 7, 3), "10.0.0.3", 1_000);
+    reg(&mut s, "a", spec("10.0.0.4", 1, &[]), 1_000);
+    s.apply(
+        Op::Deregister {
+            svc: svc("a"),
+            addr: addr("10.0.0.4", 1),
+        },
+        1_000,
+    );
+    let c = s.take_changes().unwrap();
+    let rows: Vec<_> = c
+        .services
+        .iter()
+        .flat_map(|sc| sc.instances.iter().map(|(k, r)| (sc.key.clone(), k, r)))
+        .collect();
+    assert_eq!(rows.len(), 4);
+    for (svc_key, key, row) in rows {
+        let mut bytes = Vec::new();
+        row.encode(&mut bytes);
+        let back = journal::decode_instance(key, row.version(), &bytes).unwrap();
+        let held = s.datum(&svc_key).unwrap();
+        let want = held.instances.iter().find(|r| *r.key == **key).unwrap();
+        if want.deleted {
+            // A tombstone keeps its address, version and kind only.
+            assert!(back.deleted && back.ephemeral == want.ephemeral, "{back:?}");
+            assert_eq!(
+                (&back.ip, back.port, back.version),
+                (&want.ip, want.port, want.version)
+            );
+        } else {
+            assert_eq!(&back, want);
+        }
+        // Garbage and a key that is no address are errors, not records.
+        assert!(journal::decode_instance(key, row.version(), &bytes[..1]).is_err());
+        assert!(journal::decode_instance("no-address", row.version(), &bytes).is_err());
+    }
+    let bound = s.datum(svc("c").full_key()).unwrap().instances[0].clone();
+    assert_eq!(bound.lease.as_ref().map(|l| l.serial), Some(3));
+}
+
+#[test]
+fn row_keys_read_back_and_sort_as_their_versions() {
+    let mut bytes = Vec::new();
+    for key in [
+        (1, 2, "public##DEFAULT_GROUP@@a", "10.0.0.1#80#DEFAULT"),
+        (u64::MAX, 0, "ns##g@@服务#x", ""),
+        (0, u64::MAX, "", "10.0.0.1#1#c"),
+    ] {
+        journal::row_key_bytes(key, &mut bytes);
+        assert_eq!(journal::parse_row_key(&bytes), Some(key));
+        for cut in 0..20 {
+            assert_eq!(journal::parse_row_key(&bytes[..cut]), None, "{cut} bytes");
+        }
+    }
+    // A length past the end, and bytes that are not UTF-8.
+    journal::row_key_bytes((1, 1, "abc", "d"), &mut bytes);
+    bytes[19] = 200;
+    assert_eq!(journal::parse_row_key(&bytes), None);
+    journal::row_key_bytes((1, 1, "abc", "d"), &mut bytes);
+    bytes[20] = 0xff;
+    assert_eq!(journal::parse_row_key(&bytes), None);
+    // Bytes sort as (hlc, writer) do, whatever the names.
+    let versions = [(1, 9), (2, 0), (2, 1), (256, 0), (1 << 40, 5)];
+    let mut keys: Vec<Vec<u8>> = versions
+        .iter()
+        .rev()
+        .map(|&(h, w)| {
+            let mut b = Vec::new();
+            journal::row_key_bytes((h, w, if h % 2 == 0 { "zz" } else { "a" }, "k"), &mut b);
+            b
+        })
+        .collect();
+    keys.sort();
+    let sorted: Vec<(u64, u64)> = keys
+        .iter()
+        .map(|b| {
+            let k = journal::parse_row_key(b).unwrap();
+            (k.0, k.1)
+        })
+        .collect();
+    assert_eq!(sorted, versions);
+}
