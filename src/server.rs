@@ -205,6 +205,7 @@ pub fn run(config: Config) -> Result<(), ServerError> {
     let mut threads = Vec::with_capacity(cores);
     let mut restore_tx = Vec::with_capacity(cores);
     let (restored_tx, restored_rx) = crossbeam_channel::bounded(cores);
+    let all_restored = Arc::new(std::sync::Barrier::new(cores + 1));
     for (id, (rx, l)) in receivers.into_iter().zip(http_listeners).enumerate() {
         let shared = shared.clone();
         let g = grpc_listeners[id].take();
@@ -215,6 +216,7 @@ pub fn run(config: Config) -> Result<(), ServerError> {
                 services: rx,
                 clock: o.clock,
                 done: restored_tx.clone(),
+                all_done: all_restored.clone(),
             }
         });
         let t = std::thread::Builder::new()
@@ -243,6 +245,7 @@ pub fn run(config: Config) -> Result<(), ServerError> {
             "store read back"
         );
         storage = Some(o.start(q).map_err(ServerError::StorageThread)?);
+        all_restored.wait();
     }
     tracing::info!(cores, "listening on {addr}");
     match grpc_addr {

@@ -479,6 +479,12 @@ pub struct Restore {
     pub clock: u64,
     /// Told the instances restored once done.
     pub done: crossbeam_channel::Sender<usize>,
+    /// Passed once every shard (and the thread reading the store) is done:
+    /// no shard answers anyone, not even readiness, before every shard
+    /// holds its services. (A shard done first used to serve while another
+    /// still restored: `/metrics` counted half the instances, and a list
+    /// read from the other shard's view could be empty.)
+    pub all_done: Arc<std::sync::Barrier>,
 }
 
 /// Runs shard `id` on the current thread until shutdown.
@@ -651,6 +657,8 @@ fn restore_store(ctx: &ShardCtx, r: Restore) {
     st.store.enable_journal();
     ctx.publish_counts(&st);
     let _ = r.done.send(st.store.counts().instances);
+    drop((st, r.done));
+    r.all_done.wait();
 }
 
 async fn inbox_loop(ctx: Rc<ShardCtx>) {
