@@ -293,6 +293,12 @@ settings! {
     /// Shards, one per core: at most the CPUs the node may use (README:
     /// choosing --cores).
     cores: usize = default_cores(),
+    /// Shard threads run under SCHED_BATCH (Linux): a shard woken while
+    /// another thread runs on its core does not preempt it, and then takes
+    /// every completion that arrived meanwhile in one turn. Where a core is
+    /// shared this costs less CPU per request (docs/performance.md); `off`
+    /// for the default policy.
+    shard_sched_batch: bool = true,
     /// Log filter (tracing `EnvFilter` syntax), e.g. `info` or `debug`.
     log_level: String = "info".to_string(),
     /// Beat interval told to clients, ms.

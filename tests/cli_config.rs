@@ -486,3 +486,52 @@ fn more_shards_than_cpus_is_warned_about() {
         .iter()
         .any(|l| l.contains("more shards than CPUs")));
 }
+
+/// The scheduling policy (`/proc/PID/task/TID/stat` field 41) of each
+/// shard thread of a node started with `args`, once every shard has
+/// logged its start.
+fn shard_policies(args: &[&str]) -> Vec<u32> {
+    let mut all = vec!["--cores", "2"];
+    all.extend_from_slice(args);
+    let n = Node::start(&all);
+    let mut started = n
+        .early_log
+        .iter()
+        .filter(|l| l.contains("shard started"))
+        .count();
+    while started < 2 {
+        let line = n
+            .log
+            .recv_timeout(Duration::from_secs(10))
+            .expect("each shard logs its start");
+        started += usize::from(line.contains("shard started"));
+    }
+    let pid = n.child.id();
+    let mut policies = Vec::new();
+    for task in std::fs::read_dir(format!("/proc/{pid}/task"))
+        .unwrap()
+        .flatten()
+    {
+        let comm = std::fs::read_to_string(task.path().join("comm")).unwrap_or_default();
+        if comm.trim().starts_with("shard-") {
+            let stat = std::fs::read_to_string(task.path().join("stat")).unwrap();
+            // Fields after the command's closing parenthesis start at 3.
+            let after = stat.rsplit_once(')').unwrap().1;
+            let policy = after.split_whitespace().nth(41 - 3).unwrap();
+            policies.push(policy.parse().unwrap());
+        }
+    }
+    assert_eq!(n.get("/nacos/v1/console/health/liveness").status, 200);
+    policies
+}
+
+#[test]
+fn shards_run_as_sched_batch_unless_told_not_to() {
+    let batch = libc::SCHED_BATCH as u32;
+    assert_eq!(shard_policies(&[]), vec![batch, batch]);
+    let normal = libc::SCHED_OTHER as u32;
+    assert_eq!(
+        shard_policies(&["--shard-sched-batch", "off"]),
+        vec![normal, normal]
+    );
+}

@@ -500,6 +500,11 @@ pub fn run(
         Some(cpu) => tracing::debug!(shard = id, cpu, "shard pinned"),
         None => tracing::warn!(shard = id, "could not pin shard to a core"),
     }
+    if shared.config.shard_sched_batch {
+        if let Err(e) = runtime::schedule_as_batch() {
+            tracing::warn!(shard = id, error = %e, "could not schedule the shard as SCHED_BATCH");
+        }
+    }
     let fut = shard_main(id, shared, rx, listener, grpc, restore);
     let result = runtime::block_on(
         fut,
