@@ -255,22 +255,15 @@ fn shards_pin_within_the_allowed_cpus() {
             }
         }
     }
-    let pid = n.child.id();
     let mut shard_cpus = Vec::new();
-    for task in std::fs::read_dir(format!("/proc/{pid}/task"))
-        .unwrap()
-        .flatten()
-    {
-        let comm = std::fs::read_to_string(task.path().join("comm")).unwrap_or_default();
-        if comm.trim().starts_with("shard-") {
-            let status = std::fs::read_to_string(task.path().join("status")).unwrap();
-            let cpus = status
-                .lines()
-                .find(|l| l.starts_with("Cpus_allowed_list:"))
-                .map(|l| l.split(':').nth(1).unwrap().trim().to_string())
-                .unwrap();
-            shard_cpus.push(cpus);
-        }
+    for task in shard_tasks(&n) {
+        let status = std::fs::read_to_string(task.join("status")).unwrap();
+        let cpus = status
+            .lines()
+            .find(|l| l.starts_with("Cpus_allowed_list:"))
+            .map(|l| l.split(':').nth(1).unwrap().trim().to_string())
+            .unwrap();
+        shard_cpus.push(cpus);
     }
     assert_eq!(shard_cpus, vec!["1".to_string()]);
     assert_eq!(n.get("/nacos/v1/console/health/liveness").status, 200);
@@ -506,20 +499,13 @@ fn shard_policies(args: &[&str]) -> Vec<u32> {
             .expect("each shard logs its start");
         started += usize::from(line.contains("shard started"));
     }
-    let pid = n.child.id();
     let mut policies = Vec::new();
-    for task in std::fs::read_dir(format!("/proc/{pid}/task"))
-        .unwrap()
-        .flatten()
-    {
-        let comm = std::fs::read_to_string(task.path().join("comm")).unwrap_or_default();
-        if comm.trim().starts_with("shard-") {
-            let stat = std::fs::read_to_string(task.path().join("stat")).unwrap();
-            // Fields after the command's closing parenthesis start at 3.
-            let after = stat.rsplit_once(')').unwrap().1;
-            let policy = after.split_whitespace().nth(41 - 3).unwrap();
-            policies.push(policy.parse().unwrap());
-        }
+    for task in shard_tasks(&n) {
+        let stat = std::fs::read_to_string(task.join("stat")).unwrap();
+        // Fields after the command's closing parenthesis start at 3.
+        let after = stat.rsplit_once(')').unwrap().1;
+        let policy = after.split_whitespace().nth(41 - 3).unwrap();
+        policies.push(policy.parse().unwrap());
     }
     assert_eq!(n.get("/nacos/v1/console/health/liveness").status, 200);
     policies
@@ -534,4 +520,20 @@ fn shards_run_as_sched_batch_unless_told_not_to() {
         shard_policies(&["--shard-sched-batch", "off"]),
         vec![normal, normal]
     );
+}
+
+/// `/proc/PID/task/TID` of each shard thread of `n`.
+fn shard_tasks(n: &Node) -> Vec<std::path::PathBuf> {
+    let pid = n.child.id();
+    std::fs::read_dir(format!("/proc/{pid}/task"))
+        .unwrap()
+        .flatten()
+        .map(|t| t.path())
+        .filter(|t| {
+            std::fs::read_to_string(t.join("comm"))
+                .unwrap_or_default()
+                .trim()
+                .starts_with("shard-")
+        })
+        .collect()
 }
