@@ -199,6 +199,17 @@ pub fn render(shards: &[ShardStats], inboxes: &[InboxStats], open_connections: u
     let _ = writeln!(o, "registry_open_connections {open_connections}");
     family(
         o,
+        "registry_list_cache_bytes",
+        "gauge",
+        "Bytes of rendered instance lists kept for their next read (bounded by store::view::LIST_CACHE_BYTES_MAX).",
+    );
+    let _ = writeln!(
+        o,
+        "registry_list_cache_bytes {}",
+        crate::store::view::LISTS.used()
+    );
+    family(
+        o,
         "registry_grpc_connections",
         "gauge",
         "Open gRPC connections (Nacos 2.x/3.x clients).",

@@ -293,3 +293,33 @@ fn a_write_after_a_beat_is_not_overtaken_by_it() {
         }
     }
 }
+
+/// A list is kept for its next read once it has been read twice at one
+/// revision, and let go when the service changes (`registry_list_cache_bytes`).
+#[test]
+fn lists_are_kept_from_their_second_read_and_let_go_on_a_change() {
+    let n = Node::start(&["--cores", "1"]);
+    let cached = |n: &Node| metric(n, "registry_list_cache_bytes");
+    for ip in ["10.0.0.1", "10.0.0.2"] {
+        let r = n.req(
+            "POST",
+            &format!("{NS}/instance?serviceName=kept&ip={ip}&port=80"),
+            "",
+        );
+        assert_eq!(r.status, 200);
+    }
+    assert_eq!(cached(&n), 0.0);
+    let first = n.get(&format!("{NS}/instance/list?serviceName=kept")).body;
+    assert_eq!(cached(&n), 0.0, "read once");
+    let second = n.get(&format!("{NS}/instance/list?serviceName=kept")).body;
+    assert_eq!(second, first);
+    assert_eq!(cached(&n), first.len() as f64, "read twice: kept");
+    let r = n.req(
+        "DELETE",
+        &format!("{NS}/instance?serviceName=kept&ip=10.0.0.2&port=80"),
+        "",
+    );
+    assert_eq!(r.status, 200);
+    assert_eq!(cached(&n), 0.0, "the change let it go");
+    assert_eq!(hosts(&n, "kept").len(), 1);
+}

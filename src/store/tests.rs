@@ -1594,3 +1594,64 @@ fn row_keys_read_back_and_sort_as_their_versions() {
         .collect();
     assert_eq!(sorted, versions);
 }
+
+#[test]
+fn a_view_keeps_a_list_from_its_second_read_within_the_budget() {
+    use super::view::{ListBudget, ServiceView};
+    let mut s = store();
+    for ip in ["10.0.0.1", "10.0.0.2", "10.0.0.3"] {
+        s.apply(
+            Op::Register {
+                svc: svc("a"),
+                spec: spec(ip, 80, &[]),
+            },
+            1_000,
+        );
+    }
+    let variant = ListVariant {
+        clusters: String::new(),
+        healthy_only: false,
+        cache_millis: 3000,
+    };
+    let service = s.service(svc("a").full_key()).unwrap();
+    let budget: &'static ListBudget = Box::leak(Box::new(ListBudget::new(1 << 20)));
+    let view = ServiceView::of_in(service, budget);
+    let first = view.list(&variant);
+    let hosts = |b: &bytes::Bytes| {
+        serde_json::from_slice::<serde_json::Value>(b).unwrap()["hosts"]
+            .as_array()
+            .unwrap()
+            .len()
+    };
+    assert_eq!(hosts(&first), 3);
+    assert_eq!(
+        (view.kept_bytes(), budget.used()),
+        (0, 0),
+        "read once: not kept"
+    );
+    let second = view.list(&variant);
+    assert_eq!(second, first);
+    assert_eq!(
+        (view.kept_bytes(), budget.used()),
+        (first.len(), first.len())
+    );
+    let third = view.list(&variant);
+    assert_eq!(third.as_ptr(), second.as_ptr(), "the kept body");
+
+    // A budget with no room for a second body: the list is still served,
+    // rendered each time, and nothing more is counted.
+    let tight: &'static ListBudget = Box::leak(Box::new(ListBudget::new(first.len() + 10)));
+    let a = ServiceView::of_in(service, tight);
+    let b = ServiceView::of_in(service, tight);
+    a.list(&variant);
+    a.list(&variant);
+    b.list(&variant);
+    let refused = b.list(&variant);
+    assert_eq!(refused, first);
+    assert_eq!((a.kept_bytes(), b.kept_bytes()), (first.len(), 0));
+    assert_eq!(tight.used(), first.len());
+    drop(a);
+    assert_eq!(tight.used(), 0, "a dropped view gives its bytes back");
+    drop(view);
+    assert_eq!(budget.used(), 0);
+}

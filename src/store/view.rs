@@ -9,7 +9,7 @@
 //! its instances' data (`Arc<InstanceData>`) with the store: it costs one
 //! pointer per instance, plus the list renderings it caches.
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 use arc_swap::ArcSwapOption;
@@ -21,6 +21,57 @@ use super::service::{ListVariant, Service, ServiceId};
 
 /// Rendered list variants a view keeps (a service's filters in use).
 pub const LIST_CACHE_ENTRIES_MAX: usize = 8;
+
+/// Bytes of rendered lists that all views of the process may keep. A
+/// rendered host is about 400 bytes of JSON: without a bound, a node of
+/// 1,000,000 instances read once each kept 400 MB of lists. Beyond it,
+/// lists are rendered for each read.
+pub const LIST_CACHE_BYTES_MAX: usize = 128 * 1024 * 1024;
+
+/// Where the bytes of cached lists are counted against a bound.
+#[derive(Debug)]
+pub struct ListBudget {
+    used: AtomicUsize,
+    max: usize,
+}
+
+impl ListBudget {
+    pub const fn new(max: usize) -> ListBudget {
+        ListBudget {
+            used: AtomicUsize::new(0),
+            max,
+        }
+    }
+
+    /// Bytes held now.
+    pub fn used(&self) -> usize {
+        self.used.load(Ordering::Relaxed)
+    }
+
+    fn reserve(&self, n: usize) -> bool {
+        if self.used.fetch_add(n, Ordering::Relaxed) + n > self.max {
+            self.used.fetch_sub(n, Ordering::Relaxed);
+            return false;
+        }
+        true
+    }
+
+    fn release(&self, n: usize) {
+        self.used.fetch_sub(n, Ordering::Relaxed);
+    }
+}
+
+/// The process's list budget (`LIST_CACHE_BYTES_MAX`).
+pub static LISTS: ListBudget = ListBudget::new(LIST_CACHE_BYTES_MAX);
+
+/// A list variant read from a view: its body once read twice (a list
+/// read once, as when a burst of clients each reads its own service, is
+/// not kept).
+#[derive(Debug)]
+struct Rendered {
+    variant: ListVariant,
+    body: Option<Bytes>,
+}
 
 /// One service as of one revision.
 #[derive(Debug)]
@@ -34,13 +85,20 @@ pub struct ServiceView {
     pub selector: serde_json::Value,
     /// Sorted by key.
     pub instances: Vec<Arc<InstanceData>>,
-    /// Rendered lists of this revision, by variant.
-    lists: Mutex<Vec<(ListVariant, Bytes)>>,
+    /// List variants read at this revision, and the bodies kept.
+    lists: Mutex<Vec<Rendered>>,
+    /// What the kept bodies count against.
+    budget: &'static ListBudget,
 }
 
 impl ServiceView {
     /// The view of `s` as it is now.
     pub fn of(s: &Service) -> ServiceView {
+        Self::of_in(s, &LISTS)
+    }
+
+    /// The view of `s`, its cached lists counted in `budget`.
+    pub fn of_in(s: &Service, budget: &'static ListBudget) -> ServiceView {
         let mut instances: Vec<Arc<InstanceData>> =
             s.instances.values().map(|i| i.data.clone()).collect();
         instances.sort_unstable_by(|a, b| a.key.cmp(&b.key));
@@ -53,6 +111,7 @@ impl ServiceView {
             selector: s.selector.clone(),
             instances,
             lists: Mutex::new(Vec::new()),
+            budget,
         }
     }
 
@@ -64,28 +123,56 @@ impl ServiceView {
             .map(|at| &*self.instances[at])
     }
 
-    /// The list body for `variant`, rendered once per view and variant.
+    /// The list body for `variant`: rendered for its first read, and
+    /// kept from its second while the budget allows.
     pub fn list(&self, variant: &ListVariant) -> Bytes {
-        let cached = self
-            .lists
-            .lock()
-            .ok()
-            .and_then(|l| l.iter().find(|(v, _)| v == variant).map(|(_, b)| b.clone()));
-        if let Some(body) = cached {
-            return body;
-        }
-        // Rendered outside the lock: two cores may both render a new
-        // variant once; both results are the same.
-        let body = Bytes::from(render::list_json(&self.id, Some(self), variant, 0));
+        let seen = match self.lists.lock() {
+            Ok(l) => match l.iter().find(|r| &r.variant == variant) {
+                Some(Rendered { body: Some(b), .. }) => return b.clone(),
+                Some(_) => true,
+                None => false,
+            },
+            Err(_) => false,
+        };
+        // Rendered outside the lock: two cores may both render a variant;
+        // both results are the same. Copied to an allocation of its own
+        // length (the rendered `Vec` grew by doubling).
+        let body = Bytes::copy_from_slice(&render::list_json(&self.id, Some(self), variant, 0));
         if let Ok(mut l) = self.lists.lock() {
-            if !l.iter().any(|(v, _)| v == variant) {
-                if l.len() >= LIST_CACHE_ENTRIES_MAX {
-                    l.remove(0);
+            match l.iter_mut().find(|r| &r.variant == variant) {
+                Some(r) => {
+                    if seen && r.body.is_none() && self.budget.reserve(body.len()) {
+                        r.body = Some(body.clone());
+                    }
                 }
-                l.push((variant.clone(), body.clone()));
+                None => {
+                    if l.len() >= LIST_CACHE_ENTRIES_MAX {
+                        let gone = l.remove(0);
+                        self.budget.release(gone.body.map_or(0, |b| b.len()));
+                    }
+                    l.push(Rendered {
+                        variant: variant.clone(),
+                        body: None,
+                    });
+                }
             }
         }
         body
+    }
+
+    /// Bytes of list bodies this view keeps.
+    pub fn kept_bytes(&self) -> usize {
+        self.lists.lock().map_or(0, |l| {
+            l.iter()
+                .map(|r| r.body.as_ref().map_or(0, |b| b.len()))
+                .sum()
+        })
+    }
+}
+
+impl Drop for ServiceView {
+    fn drop(&mut self) {
+        self.budget.release(self.kept_bytes());
     }
 }
 
