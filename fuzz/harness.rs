@@ -230,7 +230,7 @@ pub fn beat_json(data: &[u8]) {
             .get(seeded_addr().key().as_str())
             .expect("a beat never removes an instance");
         assert_eq!(inst.weight, 2.0);
-        assert_eq!(inst.addr.cluster, "c1");
+        assert_eq!(inst.cluster(), "c1");
         assert_eq!(inst.metadata.get("k").map(String::as_str), Some("v"));
         assert_eq!(inst.metadata.len(), 1);
     }

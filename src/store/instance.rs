@@ -201,9 +201,9 @@ pub struct InstanceSpec {
 #[derive(Debug, Clone, PartialEq)]
 pub struct InstanceData {
     /// `ip#port#cluster`, shared with the instance map and the expiry
-    /// timer that watches it.
+    /// timer that watches it; the address is read from it (`ip()`,
+    /// `port()`, `cluster()`), not kept twice.
     pub key: Arc<str>,
-    pub addr: InstanceAddr,
     pub weight: f64,
     pub healthy: bool,
     pub enabled: bool,
@@ -228,6 +228,30 @@ pub struct Instance {
     pub conn: Option<Arc<Lease>>,
     /// Version of the last state change (not bumped by plain beats).
     pub version: crate::distro::hlc::Version,
+}
+
+impl InstanceData {
+    /// (ip, port, cluster) of the key, split from the right: a cluster
+    /// name holds no `#` and a port is a number.
+    fn parts(&self) -> (&str, &str, &str) {
+        let mut it = self.key.rsplitn(3, '#');
+        let cluster = it.next().unwrap_or("");
+        let port = it.next().unwrap_or("");
+        let ip = it.next().unwrap_or("");
+        (ip, port, cluster)
+    }
+
+    pub fn ip(&self) -> &str {
+        self.parts().0
+    }
+
+    pub fn port(&self) -> u16 {
+        self.parts().1.parse().unwrap_or(0)
+    }
+
+    pub fn cluster(&self) -> &str {
+        self.parts().2
+    }
 }
 
 impl std::ops::Deref for Instance {

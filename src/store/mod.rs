@@ -563,7 +563,6 @@ impl Store {
         let mut inst = Instance {
             data: Arc::new(InstanceData {
                 key: Arc::from(key),
-                addr: spec.addr,
                 weight: spec.weight,
                 healthy: spec.healthy,
                 enabled: spec.enabled,

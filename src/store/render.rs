@@ -52,15 +52,15 @@ struct List<'a> {
 fn host<'a>(inst: &'a InstanceData, grouped: &'a str, healthy: bool) -> Host<'a> {
     Host {
         instance_id: format!("{}#{}", inst.key, grouped),
-        ip: &inst.addr.ip,
-        port: inst.addr.port,
+        ip: inst.ip(),
+        port: inst.port(),
         weight: inst.weight,
         healthy,
         valid: healthy,
         marked: false,
         enabled: inst.enabled,
         ephemeral: inst.ephemeral,
-        cluster_name: &inst.addr.cluster,
+        cluster_name: inst.cluster(),
         service_name: grouped,
         metadata: &inst.metadata,
         instance_heart_beat_interval: inst.timeouts.beat_interval_ms,
@@ -102,7 +102,7 @@ pub fn list_json(
             .iter()
             .map(|i| &**i)
             .filter(|i| i.enabled)
-            .filter(|i| wanted.is_empty() || wanted.contains(&i.addr.cluster.as_str()))
+            .filter(|i| wanted.is_empty() || wanted.contains(&i.cluster()))
             .collect();
         let total = picked.len();
         let healthy = picked.iter().filter(|i| i.healthy).count();
@@ -159,9 +159,9 @@ pub fn instance_json(id: &ServiceId, inst: &InstanceData) -> Vec<u8> {
     let d = Detail {
         instance_id: format!("{}#{}", inst.key, grouped),
         service: grouped,
-        ip: &inst.addr.ip,
-        port: inst.addr.port,
-        cluster_name: &inst.addr.cluster,
+        ip: inst.ip(),
+        port: inst.port(),
+        cluster_name: inst.cluster(),
         weight: inst.weight,
         healthy: inst.healthy,
         enabled: inst.enabled,
@@ -173,11 +173,7 @@ pub fn instance_json(id: &ServiceId, inst: &InstanceData) -> Vec<u8> {
 
 /// `GET /nacos/v1/ns/service`.
 pub fn service_json(s: &ServiceView) -> Vec<u8> {
-    let mut clusters: Vec<&str> = s
-        .instances
-        .iter()
-        .map(|i| i.addr.cluster.as_str())
-        .collect();
+    let mut clusters: Vec<&str> = s.instances.iter().map(|i| i.cluster()).collect();
     clusters.sort_unstable();
     clusters.dedup();
     let clusters: Vec<serde_json::Value> = clusters

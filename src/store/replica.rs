@@ -14,9 +14,9 @@ use crate::distro::hlc::{self, Version};
 fn record(i: &Instance) -> InstanceRecord {
     InstanceRecord {
         key: i.key.to_string(),
-        ip: i.addr.ip.clone(),
-        port: i.addr.port,
-        cluster: i.addr.cluster.clone(),
+        ip: i.ip().to_string(),
+        port: i.port(),
+        cluster: i.cluster().to_string(),
         weight: i.weight,
         healthy: i.healthy,
         enabled: i.enabled,
@@ -266,11 +266,6 @@ impl Store {
             let mut inst = Instance {
                 data: Arc::new(InstanceData {
                     key: inst_key.clone(),
-                    addr: InstanceAddr {
-                        ip: r.ip,
-                        port: r.port,
-                        cluster: r.cluster,
-                    },
                     weight: r.weight,
                     healthy: r.healthy,
                     enabled: r.enabled,
@@ -612,9 +607,9 @@ impl Store {
                 .values()
                 .map(|i| {
                     borrowed::Record(
-                        &i.addr.ip,
-                        i.addr.port,
-                        &i.addr.cluster,
+                        i.ip(),
+                        i.port(),
+                        i.cluster(),
                         i.weight,
                         i.healthy,
                         i.enabled,

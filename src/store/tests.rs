@@ -1655,3 +1655,43 @@ fn a_view_keeps_a_list_from_its_second_read_within_the_budget() {
     drop(view);
     assert_eq!(budget.used(), 0);
 }
+
+#[test]
+fn an_instance_reads_its_address_from_its_key() {
+    let mut s = store();
+    for (ip, port, cluster) in [("10.0.0.1", 80, "DEFAULT"), ("fe80::1", 8080, "c.1-x_y")] {
+        let mut sp = spec(ip, port, &[]);
+        sp.addr.cluster = cluster.into();
+        s.apply(
+            Op::Register {
+                svc: svc("a"),
+                spec: sp,
+            },
+            1_000,
+        );
+        let key = format!("{ip}#{port}#{cluster}");
+        let i = &s.service(svc("a").full_key()).unwrap().instances[key.as_str()];
+        assert_eq!((i.ip(), i.port(), i.cluster()), (ip, port, cluster));
+    }
+    let l = list(&mut s, "a", false, 1_001);
+    let shown: Vec<(String, u64, String)> = l["hosts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|h| {
+            (
+                h["ip"].as_str().unwrap().to_string(),
+                h["port"].as_u64().unwrap(),
+                h["clusterName"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect();
+    assert!(
+        shown.contains(&("fe80::1".into(), 8080, "c.1-x_y".into())),
+        "{shown:?}"
+    );
+    assert!(
+        shown.contains(&("10.0.0.1".into(), 80, "DEFAULT".into())),
+        "{shown:?}"
+    );
+}
