@@ -417,7 +417,7 @@ fn read_here(
             }),
             Op::GetService { .. } => Seen::Reply(Reply::json(render::service_json(view))),
             Op::Beat { addr, .. } => match view.instance(&addr.key()) {
-                Some(i) if i.healthy => Seen::Beat(i.timeouts.beat_interval_ms),
+                Some(i) if i.healthy => Seen::Beat(i.timeouts.get().beat_interval_ms),
                 _ => Seen::Owner,
             },
             _ => Seen::Owner,

@@ -118,6 +118,33 @@ impl Timeouts {
     }
 }
 
+/// `Timeouts` as an instance keeps them: milliseconds as `u32`, 12 bytes
+/// instead of 24 (with the rest of `InstanceData`, 80 bytes a record
+/// instead of 96). A timeout over `u32::MAX` ms (49 days) is kept as that.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PackedTimeouts([u32; 3]);
+
+impl From<Timeouts> for PackedTimeouts {
+    fn from(t: Timeouts) -> Self {
+        let ms = |v: u64| u32::try_from(v).unwrap_or(u32::MAX);
+        PackedTimeouts([
+            ms(t.beat_interval_ms),
+            ms(t.unhealthy_timeout_ms),
+            ms(t.delete_timeout_ms),
+        ])
+    }
+}
+
+impl PackedTimeouts {
+    pub fn get(self) -> Timeouts {
+        Timeouts {
+            beat_interval_ms: self.0[0].into(),
+            unhealthy_timeout_ms: self.0[1].into(),
+            delete_timeout_ms: self.0[2].into(),
+        }
+    }
+}
+
 /// The gRPC connection an instance is bound to, as every node knows it:
 /// the node that holds the connection (its member address; `""` on a
 /// standalone node), that node's incarnation (its start time, ms) and the
@@ -210,7 +237,7 @@ pub struct InstanceData {
     pub ephemeral: bool,
     pub metadata: Metadata,
     /// Effective timeouts: node defaults overridden by metadata.
-    pub timeouts: Timeouts,
+    pub timeouts: PackedTimeouts,
 }
 
 /// A stored instance: its shown data, and what only its owner shard uses.

@@ -535,7 +535,7 @@ impl Store {
     /// Arms the instance's expiry timer if it needs one and has none.
     fn arm(timers: &mut TimerWheel<(Rc<str>, Arc<str>)>, svc_key: &Rc<str>, inst: &mut Instance) {
         if inst.ephemeral && !inst.timer_armed {
-            let due = inst.last_beat_ms + inst.timeouts.unhealthy_timeout_ms;
+            let due = inst.last_beat_ms + inst.timeouts.get().unhealthy_timeout_ms;
             timers.insert(due, (svc_key.clone(), inst.key.clone()));
             inst.timer_armed = true;
         }
@@ -568,7 +568,7 @@ impl Store {
                 enabled: spec.enabled,
                 ephemeral: spec.ephemeral,
                 metadata: spec.metadata,
-                timeouts,
+                timeouts: timeouts.into(),
             }),
             last_beat_ms: now_ms,
             timer_armed,
@@ -625,7 +625,7 @@ impl Store {
             inst.ephemeral = e;
         }
         if let Some(m) = change.metadata {
-            inst.timeouts = defaults.for_metadata(&m);
+            inst.timeouts = defaults.for_metadata(&m).into();
             inst.metadata = m;
         }
         Self::arm(&mut self.timers, &svc_key, inst);
@@ -888,7 +888,7 @@ impl Store {
             let svc_key = s.key.clone();
             if let Some(inst) = s.instances.get_mut(addr.key().as_str()) {
                 inst.last_beat_ms = now_ms;
-                let interval = inst.timeouts.beat_interval_ms;
+                let interval = inst.timeouts.get().beat_interval_ms;
                 Self::arm(&mut self.timers, &svc_key, inst);
                 let revived = !inst.healthy;
                 if revived {
@@ -963,12 +963,12 @@ impl Store {
             }
             if !owns(s.id.grouped()) {
                 inst.timer_armed = true;
-                let next = now_ms + inst.timeouts.unhealthy_timeout_ms;
+                let next = now_ms + inst.timeouts.get().unhealthy_timeout_ms;
                 self.timers.insert(next, (svc_key, inst_key));
                 continue;
             }
             let silent_ms = now_ms.saturating_sub(inst.last_beat_ms);
-            let t = inst.timeouts;
+            let t = inst.timeouts.get();
             if silent_ms >= t.delete_timeout_ms {
                 tracing::info!(service = %svc_key, instance = %inst_key, silent_ms, "instance expired, removed");
                 let was = s.instances.remove(&inst_key).map(|i| i.version);

@@ -63,9 +63,9 @@ fn host<'a>(inst: &'a InstanceData, grouped: &'a str, healthy: bool) -> Host<'a>
         cluster_name: inst.cluster(),
         service_name: grouped,
         metadata: &inst.metadata,
-        instance_heart_beat_interval: inst.timeouts.beat_interval_ms,
-        instance_heart_beat_time_out: inst.timeouts.unhealthy_timeout_ms,
-        ip_delete_timeout: inst.timeouts.delete_timeout_ms,
+        instance_heart_beat_interval: inst.timeouts.get().beat_interval_ms,
+        instance_heart_beat_time_out: inst.timeouts.get().unhealthy_timeout_ms,
+        ip_delete_timeout: inst.timeouts.get().delete_timeout_ms,
         instance_id_generator: "simple",
     }
 }

@@ -270,7 +270,7 @@ impl Store {
                     healthy: r.healthy,
                     enabled: r.enabled,
                     ephemeral: r.ephemeral,
-                    timeouts: defaults.for_metadata(&r.metadata),
+                    timeouts: defaults.for_metadata(&r.metadata).into(),
                     metadata: r.metadata,
                 }),
                 // A copy from a peer counts as heard from now; the owner
@@ -532,7 +532,7 @@ impl Store {
             .get(full_key)?
             .instances
             .get(instance_key)
-            .map(|i| i.timeouts.beat_interval_ms)
+            .map(|i| i.timeouts.get().beat_interval_ms)
     }
 }
 

@@ -1695,3 +1695,24 @@ fn an_instance_reads_its_address_from_its_key() {
         "{shown:?}"
     );
 }
+
+#[test]
+fn instance_timeouts_are_kept_in_32_bits() {
+    use super::instance::{PackedTimeouts, Timeouts};
+    let t = Timeouts {
+        beat_interval_ms: 1_000,
+        unhealthy_timeout_ms: 3_000,
+        delete_timeout_ms: 7_200_000,
+    };
+    assert_eq!(PackedTimeouts::from(t).get(), t);
+    let huge = Timeouts {
+        delete_timeout_ms: 1 << 40,
+        ..t
+    };
+    assert_eq!(
+        PackedTimeouts::from(huge).get().delete_timeout_ms,
+        u64::from(u32::MAX),
+        "49 days at most"
+    );
+    assert_eq!(std::mem::size_of::<PackedTimeouts>(), 12);
+}
