@@ -346,6 +346,11 @@ fn bad_input_is_400_naming_the_parameter_and_changes_nothing() {
             "serviceName=v&ip=10.0.0.1",
             "Param 'port' is required.",
         ),
+        (
+            "DELETE",
+            &format!("{base}&ephemeral=maybe"),
+            "Param 'ephemeral' is invalid",
+        ),
     ];
     for (method, q, want) in cases {
         let r = n.req(method, &format!("{NS}/instance?{q}"), "");

@@ -854,7 +854,11 @@ impl Sim {
                 match state {
                     ClientState::Beating => {
                         if self.clients[c].persistent || self.rng.bool() {
-                            let op = Op::Deregister { svc, addr };
+                            let op = Op::Deregister {
+                                svc,
+                                addr,
+                                persistent: false,
+                            };
                             self.client_op(x, op);
                             self.clients[c].state = ClientState::Deregistered;
                             self.clients[c].lost = false;

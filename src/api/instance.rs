@@ -41,7 +41,15 @@ pub fn register(p: &Params) -> Checked<Action> {
 pub fn deregister(p: &Params) -> Checked<Action> {
     let svc = service_id(p)?;
     let addr = instance_addr(p)?;
-    Ok(Action::Op(Op::Deregister { svc, addr }, None))
+    let persistent = opt_bool(p, "ephemeral")? == Some(false);
+    Ok(Action::Op(
+        Op::Deregister {
+            svc,
+            addr,
+            persistent,
+        },
+        None,
+    ))
 }
 
 pub fn update(p: &Params, user_agent: &str) -> Checked<Action> {

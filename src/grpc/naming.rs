@@ -251,6 +251,7 @@ pub fn naming(kind: &str, r: &RequestJson) -> Result<Naming, (u32, String)> {
                 "deregisterInstance" => Op::Deregister {
                     svc,
                     addr: spec.addr,
+                    persistent: true,
                 },
                 other => return Err(bad(format!("unsupported instance request type {other:?}"))),
             };

@@ -730,7 +730,11 @@ impl Store {
             | Op::Patch { svc, addr, change } => {
                 change.ephemeral == Some(false) || persistent(svc, addr)
             }
-            Op::Deregister { svc, addr } => persistent(svc, addr),
+            Op::Deregister {
+                svc,
+                addr,
+                persistent: said,
+            } => *said || persistent(svc, addr),
             Op::CreateService { .. } | Op::UpdateService { .. } | Op::DeleteService { .. } => true,
             Op::Beat { beat, .. } => beat.as_ref().is_some_and(|b| !b.ephemeral),
             Op::List { .. }

@@ -59,6 +59,12 @@ pub enum Op {
     Deregister {
         svc: ServiceId,
         addr: InstanceAddr,
+        /// The request named the instance persistent (`ephemeral=false`,
+        /// a `PersistentInstanceRequest`): where this node does not hold
+        /// it, its tombstone is of the persistent kind (kept as long as a
+        /// persistent instance's), so that an older copy arriving after
+        /// the short TTL cannot bring it back.
+        persistent: bool,
     },
     Beat {
         svc: ServiceId,
@@ -724,7 +730,11 @@ impl Store {
                     unchanged(Reply::bad_request("instance not found"))
                 }
             }
-            Op::Deregister { svc, addr } => {
+            Op::Deregister {
+                svc,
+                addr,
+                persistent,
+            } => {
                 if !self.services.contains_key(svc.full_key()) {
                     // The service has not reached this node yet (or never
                     // existed): a hidden one keeps the tombstone.
@@ -742,9 +752,10 @@ impl Store {
                 // not bring the instance back (found by the simulation).
                 let svc_key = s.key.clone();
                 s.touch(now_ms);
-                // Its kind unknown: the short TTL (an older copy arrives
-                // within the replication delay).
-                self.bury(&svc_key, Arc::from(addr.key()), None, false, now_ms);
+                // Its kind as the request says (ephemeral by default: the
+                // short TTL, as an older copy arrives within the
+                // replication delay).
+                self.bury(&svc_key, Arc::from(addr.key()), None, persistent, now_ms);
                 changed(Reply::ok())
             }
             Op::Beat { svc, addr, beat } => self.beat(svc, addr, beat, now_ms),

@@ -68,6 +68,7 @@ fn register_then_list_then_deregister() {
     );
     let d = s.apply(
         Op::Deregister {
+            persistent: false,
             svc: svc("a"),
             addr: addr("10.0.0.1", 80),
         },
@@ -324,6 +325,7 @@ fn tombstones_delete_on_replicas_and_old_copies_do_not_resurrect() {
     sync(&a, &mut b, "r", 1_001);
     a.apply(
         Op::Deregister {
+            persistent: false,
             svc: svc("r"),
             addr: addr("10.0.0.1", 80),
         },
@@ -392,6 +394,7 @@ fn a_replica_orders_its_writes_after_what_it_merged() {
     // b deregisters with its slow clock: still newer than a's register.
     b.apply(
         Op::Deregister {
+            persistent: false,
             svc: svc("c"),
             addr: addr("10.0.0.1", 80),
         },
@@ -416,6 +419,7 @@ fn tombstones_are_purged_after_their_ttl() {
     );
     a.apply(
         Op::Deregister {
+            persistent: false,
             svc: svc("t"),
             addr: addr("10.0.0.1", 80),
         },
@@ -524,6 +528,7 @@ fn cached_checksums_always_equal_the_exported_datums() {
     assert_eq!(same(&a, "c"), s1, "cached value reused");
     a.apply(
         Op::Deregister {
+            persistent: false,
             svc: svc("c"),
             addr: addr("10.0.0.2", 80),
         },
@@ -552,6 +557,7 @@ fn cached_checksums_always_equal_the_exported_datums() {
     // Service tombstones too.
     a.apply(
         Op::Deregister {
+            persistent: false,
             svc: svc("p"),
             addr: addr("10.0.1.1", 80),
         },
@@ -579,6 +585,7 @@ fn snapshot_json_parses_as_datums() {
     }
     a.apply(
         Op::Deregister {
+            persistent: false,
             svc: svc("x"),
             addr: addr("10.0.0.2", 80),
         },
@@ -586,6 +593,7 @@ fn snapshot_json_parses_as_datums() {
     );
     a.apply(
         Op::Deregister {
+            persistent: false,
             svc: svc("y"),
             addr: addr("10.0.0.3", 80),
         },
@@ -674,6 +682,7 @@ fn a_deregister_before_the_registration_arrives_still_wins() {
     );
     let r = b.apply(
         Op::Deregister {
+            persistent: false,
             svc: svc("early"),
             addr: addr("10.0.0.1", 80),
         },
@@ -715,6 +724,7 @@ fn an_old_tombstones_purge_leaves_a_newer_tombstone_alone() {
         );
         a.apply(
             Op::Deregister {
+                persistent: false,
                 svc: svc("p"),
                 addr: addr("10.0.0.1", 80),
             },
@@ -783,6 +793,7 @@ fn a_version_at_the_end_of_the_clock_range_does_not_wrap_local_writes() {
     assert!(!b.merge(d, 1_001));
     b.apply(
         Op::Deregister {
+            persistent: false,
             svc: svc("w"),
             addr: addr("10.0.0.1", 80),
         },
@@ -1036,6 +1047,7 @@ fn room_goes_when_instances_and_tombstones_do() {
         let addr = addr(&format!("10.0.{}.{}", i / 256, i % 256), 80);
         s.apply(
             Op::Deregister {
+                persistent: false,
                 svc: svc("big"),
                 addr,
             },
@@ -1123,6 +1135,7 @@ fn the_journal_saves_each_record_once_in_its_latest_state() {
     // A deregister saves a tombstone; its purge deletes the row.
     s.apply(
         Op::Deregister {
+            persistent: false,
             svc: svc("a"),
             addr: addr("10.0.0.1", 2),
         },
@@ -1154,6 +1167,7 @@ fn a_restart_from_saved_rows_brings_back_what_was_saved() {
     reg(&mut s, "a", spec("10.0.0.2", 1, &[]), 1_000);
     s.apply(
         Op::Deregister {
+            persistent: false,
             svc: svc("a"),
             addr: addr("10.0.0.2", 1),
         },
@@ -1215,6 +1229,7 @@ fn a_restart_from_saved_rows_brings_back_what_was_saved() {
     // New versions are above the saved ones.
     r.apply(
         Op::Deregister {
+            persistent: false,
             svc: svc("a"),
             addr: addr("10.0.0.9", 1),
         },
@@ -1259,6 +1274,7 @@ fn persistent(ip: &str) -> InstanceSpec {
 fn dereg(s: &mut Store, name: &str, ip: &str, now: u64) {
     s.apply(
         Op::Deregister {
+            persistent: false,
             svc: svc(name),
             addr: addr(ip, 1),
         },
@@ -1516,6 +1532,7 @@ fn instance_rows_read_back_as_the_records_they_were() {
     reg(&mut s, "a", spec("10.0.0.4", 1, &[]), 1_000);
     s.apply(
         Op::Deregister {
+            persistent: false,
             svc: svc("a"),
             addr: addr("10.0.0.4", 1),
         },
@@ -1715,4 +1732,36 @@ fn instance_timeouts_are_kept_in_32_bits() {
         "49 days at most"
     );
     assert_eq!(std::mem::size_of::<PackedTimeouts>(), 12);
+}
+
+#[test]
+fn a_persistent_deregister_of_an_instance_not_held_here_leaves_a_long_tombstone() {
+    for said_persistent in [true, false] {
+        let (mut a, mut b) = (node(1), node(2));
+        reg(&mut a, "p", persistent("10.0.0.9"), 1_000);
+        let old = a.datum(svc("p").full_key()).unwrap();
+        // b has not heard of it yet when the deregister reaches it.
+        b.apply(
+            Op::Deregister {
+                svc: svc("p"),
+                addr: addr("10.0.0.9", 1),
+                persistent: said_persistent,
+            },
+            2_000,
+        );
+        assert_eq!(
+            tombs(&b, "p"),
+            vec![("10.0.0.9".to_string(), !said_persistent)]
+        );
+        let short = 2_000 + TOMBSTONE_VERIFY_ROUNDS_MS + Timeouts::default().delete_timeout_ms;
+        b.expire(short, &mut Vec::new());
+        // The copy from before the deregister arrives late.
+        b.merge_from_peer(old, short + 1);
+        let listed = ips(&mut b, "p", short + 1);
+        if said_persistent {
+            assert!(listed.is_empty(), "the long tombstone keeps it deleted");
+        } else {
+            assert_eq!(listed, vec!["10.0.0.9"], "the short one had gone");
+        }
+    }
 }
