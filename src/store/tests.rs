@@ -1765,3 +1765,35 @@ fn a_persistent_deregister_of_an_instance_not_held_here_leaves_a_long_tombstone(
         }
     }
 }
+
+#[test]
+fn a_view_finds_each_of_its_instances_by_key_and_no_other() {
+    let mut s = store();
+    for i in 0..300u32 {
+        let mut sp = spec(&format!("10.1.{}.{}", i / 256, i % 256), 80, &[]);
+        if i % 3 == 0 {
+            sp.addr.cluster = "c1".into();
+        }
+        s.apply(
+            Op::Register {
+                svc: svc("many"),
+                spec: sp,
+            },
+            1_000,
+        );
+    }
+    let service = s.service(svc("many").full_key()).unwrap();
+    let view = super::view::ServiceView::of(service);
+    for key in service.instances.keys() {
+        assert_eq!(view.instance(key).map(|i| &*i.key), Some(&**key));
+    }
+    for absent in [
+        "10.1.0.0#81#DEFAULT",
+        "10.1.0.1#80#c1",
+        "",
+        "#",
+        "10.9.9.9#80#DEFAULT",
+    ] {
+        assert!(view.instance(absent).is_none(), "{absent}");
+    }
+}

@@ -85,6 +85,11 @@ pub struct ServiceView {
     pub selector: serde_json::Value,
     /// Sorted by key.
     pub instances: Vec<Arc<InstanceData>>,
+    /// (hash of the key, index in `instances`), sorted: a lookup searches
+    /// this contiguous array and reads one record, where a binary search
+    /// of `instances` read a record and its key at every step (cache
+    /// misses on every beat and detail answered from the view).
+    by_hash: Vec<(u32, u32)>,
     /// List variants read at this revision, and the bodies kept.
     lists: Mutex<Vec<Rendered>>,
     /// What the kept bodies count against.
@@ -102,6 +107,12 @@ impl ServiceView {
         let mut instances: Vec<Arc<InstanceData>> =
             s.instances.values().map(|i| i.data.clone()).collect();
         instances.sort_unstable_by(|a, b| a.key.cmp(&b.key));
+        let mut by_hash: Vec<(u32, u32)> = instances
+            .iter()
+            .enumerate()
+            .map(|(at, i)| (key_hash(&i.key), at as u32))
+            .collect();
+        by_hash.sort_unstable();
         ServiceView {
             id: s.id.clone(),
             revision: s.revision,
@@ -110,6 +121,7 @@ impl ServiceView {
             metadata: s.metadata.clone(),
             selector: s.selector.clone(),
             instances,
+            by_hash,
             lists: Mutex::new(Vec::new()),
             budget,
         }
@@ -117,10 +129,13 @@ impl ServiceView {
 
     /// The instance with key `ip#port#cluster`.
     pub fn instance(&self, key: &str) -> Option<&InstanceData> {
-        self.instances
-            .binary_search_by(|i| (*i.key).cmp(key))
-            .ok()
-            .map(|at| &*self.instances[at])
+        let h = key_hash(key);
+        let from = self.by_hash.partition_point(|e| e.0 < h);
+        self.by_hash[from..]
+            .iter()
+            .take_while(|e| e.0 == h)
+            .map(|e| &*self.instances[e.1 as usize])
+            .find(|i| &*i.key == key)
     }
 
     /// The list body for `variant`: rendered for its first read, and
@@ -174,6 +189,17 @@ impl Drop for ServiceView {
     fn drop(&mut self) {
         self.budget.release(self.kept_bytes());
     }
+}
+
+/// 32 bits of a key's hash, seeded once per process (keys come from the
+/// network; equal hashes only cost a comparison more).
+fn key_hash(key: &str) -> u32 {
+    use std::hash::BuildHasher;
+    static SEED: std::sync::LazyLock<foldhash::fast::FixedState> = std::sync::LazyLock::new(|| {
+        let seed = std::collections::hash_map::RandomState::new().hash_one(0u8);
+        foldhash::fast::FixedState::with_seed(seed)
+    });
+    SEED.hash_one(key) as u32
 }
 
 /// Where the owner publishes a service's current view. Shared by the
