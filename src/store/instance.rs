@@ -199,15 +199,26 @@ impl InstanceAddr {
         format!("{}#{}#{}", self.ip, self.port, self.cluster)
     }
 
-    /// The address a key names (neither an IP nor a cluster name holds
-    /// `#`); None for a malformed key.
+    /// The address a key names; None for a malformed key.
     pub fn from_key(key: &str) -> Option<InstanceAddr> {
-        let mut parts = key.splitn(3, '#');
-        let ip = parts.next()?.to_string();
-        let port = parts.next()?.parse().ok()?;
-        let cluster = parts.next()?.to_string();
-        Some(InstanceAddr { ip, port, cluster })
+        let (ip, port, cluster) = split_key(key)?;
+        Some(InstanceAddr {
+            ip: ip.to_string(),
+            port,
+            cluster: cluster.to_string(),
+        })
     }
+}
+
+/// (ip, port, cluster) of a key `ip#port#cluster`, split from the right:
+/// a cluster name holds no `#` and a port is a number. None for a key
+/// that is not one.
+pub fn split_key(key: &str) -> Option<(&str, u16, &str)> {
+    let mut it = key.rsplitn(3, '#');
+    let cluster = it.next()?;
+    let port = it.next()?.parse().ok()?;
+    let ip = it.next()?;
+    Some((ip, port, cluster))
 }
 
 /// Everything a register carries.
@@ -258,14 +269,10 @@ pub struct Instance {
 }
 
 impl InstanceData {
-    /// (ip, port, cluster) of the key, split from the right: a cluster
-    /// name holds no `#` and a port is a number.
-    fn parts(&self) -> (&str, &str, &str) {
-        let mut it = self.key.rsplitn(3, '#');
-        let cluster = it.next().unwrap_or("");
-        let port = it.next().unwrap_or("");
-        let ip = it.next().unwrap_or("");
-        (ip, port, cluster)
+    /// `split_key` of the key (always one: records are keyed by
+    /// `InstanceAddr::key`); a malformed one reads as all ip.
+    fn parts(&self) -> (&str, u16, &str) {
+        split_key(&self.key).unwrap_or((&self.key, 0, ""))
     }
 
     pub fn ip(&self) -> &str {
@@ -273,7 +280,7 @@ impl InstanceData {
     }
 
     pub fn port(&self) -> u16 {
-        self.parts().1.parse().unwrap_or(0)
+        self.parts().1
     }
 
     pub fn cluster(&self) -> &str {

@@ -6,7 +6,7 @@ use std::rc::Rc;
 use std::sync::Arc;
 
 use super::datum::{checksum_of, Datum, FieldsRecord, InstanceRecord};
-use super::instance::{Instance, InstanceAddr, InstanceData, LeasePolicy, Metadata};
+use super::instance::{split_key, Instance, InstanceData, LeasePolicy, Metadata};
 use super::service::{Service, ServiceId, Tomb};
 use super::Store;
 use crate::distro::hlc::{self, Version};
@@ -30,16 +30,12 @@ fn record(i: &Instance) -> InstanceRecord {
 
 fn tombstone(key: &str, tomb: Tomb) -> InstanceRecord {
     // The wire form carries the address, from which the key is rebuilt.
-    let addr = InstanceAddr::from_key(key).unwrap_or(InstanceAddr {
-        ip: key.to_string(),
-        port: 0,
-        cluster: String::new(),
-    });
+    let (ip, port, cluster) = split_key(key).unwrap_or((key, 0, ""));
     InstanceRecord {
         key: key.to_string(),
-        ip: addr.ip,
-        port: addr.port,
-        cluster: addr.cluster,
+        ip: ip.to_string(),
+        port,
+        cluster: cluster.to_string(),
         weight: 0.0,
         healthy: false,
         enabled: false,
