@@ -53,7 +53,7 @@ pub struct ShardStats {
     pub cross_core_batches: AtomicU64,
     /// Requests refused because the target inbox was full.
     pub inbox_full: AtomicU64,
-    /// Expiry timers armed.
+    /// Expiry timers on the wheel (one per service, and superseded ones).
     pub timers_armed: AtomicU64,
     /// Requests this shard is handling now (graceful shutdown waits for
     /// the sum over all shards to reach 0).
@@ -440,7 +440,7 @@ pub fn render(shards: &[ShardStats], inboxes: &[InboxStats], open_connections: u
         ),
         (
             "registry_shard_timers_armed",
-            "Expiry timers armed on each shard's timing wheel.",
+            "Expiry timers on each shard's timing wheel: one per service with instances kept by beats (and superseded ones not yet fired).",
             |s| &s.timers_armed,
         ),
     ];

@@ -257,8 +257,6 @@ pub struct Instance {
     pub data: Arc<InstanceData>,
     /// Server time of the last beat (or of the register), ms since epoch.
     pub last_beat_ms: u64,
-    /// Whether an expiry timer is armed for this instance (at most one).
-    pub timer_armed: bool,
     /// The gRPC connection that published it: such an instance needs no
     /// beats and is never expired; it lives until that connection releases
     /// it, or until its holder is gone (`LeasePolicy`). None: registered

@@ -7,6 +7,7 @@
 pub mod datum;
 pub mod expiry;
 pub mod instance;
+pub mod instances;
 pub mod journal;
 pub mod render;
 pub mod replica;
@@ -215,25 +216,35 @@ pub(crate) fn shrink_sparse<K: Eq + std::hash::Hash, V>(map: &mut Map<K, V>) {
     }
 }
 
-/// The queue a tombstone's purge waits in, by its kind.
-fn purge_queue<'a>(
-    short: &'a mut VecDeque<Purge>,
-    long: &'a mut VecDeque<Purge>,
-    persistent: bool,
-) -> &'a mut VecDeque<Purge> {
-    if persistent {
-        long
-    } else {
-        short
-    }
-}
-
 /// How long a tombstone is kept: `ttl` for an ephemeral instance's.
 fn ttl_of(ttl: u64, persistent: bool) -> u64 {
     if persistent {
         PERSISTENT_TOMBSTONE_TTL_MS.max(ttl)
     } else {
         ttl
+    }
+}
+
+/// Files the purge of an instance's new tombstone: a persistent one in
+/// the long queue, an ephemeral one under its service's purge timer (armed
+/// anew only when this tombstone is due before the armed one).
+fn file_purge(
+    timers: &mut TimerWheel<Rc<str>>,
+    long: &mut VecDeque<Purge>,
+    s: &mut Service,
+    inst_key: Arc<str>,
+    tomb: &Tomb,
+) {
+    if tomb.persistent {
+        long.push_back((
+            tomb.purge_at_ms,
+            s.key.clone(),
+            Some(inst_key),
+            tomb.version,
+        ));
+    } else if s.purge_due.is_none_or(|d| tomb.purge_at_ms < d) {
+        timers.insert(tomb.purge_at_ms, s.key.clone());
+        s.purge_due = Some(tomb.purge_at_ms);
     }
 }
 
@@ -264,7 +275,9 @@ type Purge = (u64, Rc<str>, Option<Arc<str>>, Version);
 /// One shard's services.
 pub struct Store {
     services: Map<Rc<str>, Service>,
-    timers: TimerWheel<(Rc<str>, Arc<str>)>,
+    /// Expiry timers, one a service with instances kept by beats (see
+    /// `arm`), carrying the service's key.
+    timers: TimerWheel<Rc<str>>,
     defaults: Timeouts,
     instances: usize,
     /// Versions every state change; observes versions merged in.
@@ -272,13 +285,16 @@ pub struct Store {
     /// How long tombstones are kept (docs/distro.md: two verify rounds
     /// plus the delete timeout).
     tombstone_ttl_ms: u64,
-    /// Ephemeral instances' tombstones in creation order, so in purge
-    /// order (one TTL for all): (purge at, service key, instance key, the
-    /// tombstone's version: a newer tombstone of the same key outlives an
-    /// older entry; found by the simulation).
-    purges: VecDeque<Purge>,
-    /// The same for persistent instances' and services' tombstones
-    /// (`PERSISTENT_TOMBSTONE_TTL_MS`, at most `PERSISTENT_TOMBSTONES_MAX`).
+    /// Purge timers of ephemeral instances' tombstones, one a service
+    /// (`file_purge`), carrying the service's key: each tombstone keeps its
+    /// own purge time (`Tomb::purge_at_ms`). A queue entry a tombstone
+    /// cost 48 bytes more, 48 MB after a million deregisters.
+    purge_timers: TimerWheel<Rc<str>>,
+    /// Persistent instances' and services' tombstones in creation order,
+    /// so in purge order (`PERSISTENT_TOMBSTONE_TTL_MS` for all, at most
+    /// `PERSISTENT_TOMBSTONES_MAX`): (purge at, service key, instance key,
+    /// the tombstone's version: a newer tombstone of the same key outlives
+    /// an older entry; found by the simulation).
     purges_long: VecDeque<Purge>,
     /// Entries `purges_long` gave up before their time (the cap).
     purged_early: u64,
@@ -336,7 +352,7 @@ impl Store {
             instances: 0,
             stamp: Stamp::default(),
             tombstone_ttl_ms: TOMBSTONE_VERIFY_ROUNDS_MS + defaults.delete_timeout_ms,
-            purges: VecDeque::new(),
+            purge_timers: TimerWheel::new(expiry_tick_ms, now_ms),
             purges_long: VecDeque::new(),
             purged_early: 0,
             purges_long_max: PERSISTENT_TOMBSTONES_MAX,
@@ -371,52 +387,30 @@ impl Store {
         now_ms: u64,
     ) {
         let version = self.next_version(now_ms);
-        self.bury_at(
-            svc_key,
-            inst_key,
-            was,
-            Tomb {
-                version,
-                persistent,
-            },
-            now_ms,
-        );
+        let tomb = Tomb::new(version, persistent, now_ms, self.tombstone_ttl_ms);
+        self.bury_at(svc_key, inst_key, was, tomb);
     }
 
-    /// Leaves a tombstone for an instance, purged after its kind's TTL.
-    fn bury_at(
-        &mut self,
-        svc_key: &Rc<str>,
-        inst_key: Arc<str>,
-        was: Option<Version>,
-        tomb: Tomb,
-        now_ms: u64,
-    ) {
+    /// Leaves a tombstone for an instance, purged at `tomb.purge_at_ms`.
+    fn bury_at(&mut self, svc_key: &Rc<str>, inst_key: Arc<str>, was: Option<Version>, tomb: Tomb) {
         if let Some(s) = self.services.get_mut(svc_key) {
             let prev = s.tombstones.insert(inst_key.clone(), tomb);
             let old = was.or(prev.map(|t| t.version));
             journal::note_instance(&mut self.journal, svc_key, &inst_key, old);
-            self.schedule_purge(svc_key.clone(), Some(inst_key), tomb, now_ms);
+            file_purge(
+                &mut self.purge_timers,
+                &mut self.purges_long,
+                s,
+                inst_key,
+                &tomb,
+            );
         }
     }
 
-    /// Queues the purge of a tombstone (of an instance, or with `inst_key`
-    /// None of the service) by its kind.
-    fn schedule_purge(
-        &mut self,
-        svc_key: Rc<str>,
-        inst_key: Option<Arc<str>>,
-        tomb: Tomb,
-        now_ms: u64,
-    ) {
-        let ttl = self.tombstone_ttl_ms;
-        let q = purge_queue(&mut self.purges, &mut self.purges_long, tomb.persistent);
-        q.push_back((
-            now_ms + ttl_of(ttl, tomb.persistent),
-            svc_key,
-            inst_key,
-            tomb.version,
-        ));
+    /// Queues the purge of a service's tombstone (the long kind).
+    fn schedule_service_purge(&mut self, svc_key: Rc<str>, version: Version, now_ms: u64) {
+        let at = now_ms + ttl_of(self.tombstone_ttl_ms, true);
+        self.purges_long.push_back((at, svc_key, None, version));
     }
 
     #[cfg(test)]
@@ -438,27 +432,61 @@ impl Store {
             + self.service_tombstones.len()
     }
 
-    /// Drops the tombstones older than the TTL. Cost: what is purged.
+    /// Drops the tombstones older than the TTL. Cost: what is purged, and
+    /// a look at the other tombstones of a service that has some due.
     fn purge(&mut self, now_ms: u64) {
-        for long in [false, true] {
-            let mut purged = 0;
-            loop {
-                let q = purge_queue(&mut self.purges, &mut self.purges_long, long);
-                let early = long && q.len() > self.purges_long_max;
-                match q.front() {
-                    Some((at, ..)) if *at <= now_ms || early => {}
-                    _ => break,
-                }
-                let (at, svc_key, inst_key, version) = q.pop_front().expect("front exists");
-                if at > now_ms {
-                    self.purged_early += 1;
-                }
-                purged += 1;
-                self.purge_one(svc_key, inst_key, version);
+        let mut purged = 0;
+        loop {
+            let q = &mut self.purges_long;
+            let early = q.len() > self.purges_long_max;
+            match q.front() {
+                Some((at, ..)) if *at <= now_ms || early => {}
+                _ => break,
             }
-            let q = purge_queue(&mut self.purges, &mut self.purges_long, long);
-            if purged > 0 && q.capacity() > ROOM_SLACK * q.len().max(ROOM_KEEP) {
-                q.shrink_to(2 * q.len());
+            let (at, svc_key, inst_key, version) = q.pop_front().expect("front exists");
+            if at > now_ms {
+                self.purged_early += 1;
+            }
+            purged += 1;
+            self.purge_one(svc_key, inst_key, version);
+        }
+        let q = &mut self.purges_long;
+        if purged > 0 && q.capacity() > ROOM_SLACK * q.len().max(ROOM_KEEP) {
+            q.shrink_to(2 * q.len());
+        }
+        let mut fired = Vec::new();
+        self.purge_timers
+            .advance(now_ms, |due, svc_key| fired.push((due, svc_key)));
+        for (due, svc_key) in fired {
+            let Some(s) = self.services.get_mut(&svc_key) else {
+                continue;
+            };
+            if s.purge_due != Some(due) {
+                continue; // an earlier tombstone armed a newer timer since
+            }
+            s.purge_due = None;
+            let mut next: Option<u64> = None;
+            let before = s.tombstones.len();
+            let journal = &mut self.journal;
+            s.tombstones.retain(|k, t| {
+                if t.persistent {
+                    return true; // in `purges_long`
+                }
+                if t.purge_at_ms <= now_ms {
+                    journal::note_instance(journal, &svc_key, k, Some(t.version));
+                    return false;
+                }
+                next = Some(next.map_or(t.purge_at_ms, |n| n.min(t.purge_at_ms)));
+                true
+            });
+            if s.tombstones.len() < before {
+                shrink_sparse(&mut s.tombstones);
+                // The checksum covers tombstones; lists do not.
+                s.revision += 1;
+            }
+            if let Some(at) = next {
+                self.purge_timers.insert(at, svc_key);
+                s.purge_due = Some(at);
             }
         }
     }
@@ -538,12 +566,25 @@ impl Store {
         self.services.get_mut(key).expect("inserted above")
     }
 
-    /// Arms the instance's expiry timer if it needs one and has none.
-    fn arm(timers: &mut TimerWheel<(Rc<str>, Arc<str>)>, svc_key: &Rc<str>, inst: &mut Instance) {
-        if inst.ephemeral && !inst.timer_armed {
+    /// Makes sure the service's expiry timer fires by the instance's next
+    /// deadline, if beats keep it (ephemeral, not bound to a connection).
+    /// One timer a service, armed at the earliest deadline of its
+    /// instances (or before it: a beat only moves a deadline later, and
+    /// the timer that finds nothing due re-arms at the true earliest).
+    /// An earlier deadline arms a new timer; the later one, when it fires,
+    /// finds `expiry_due` no longer its own and does nothing.
+    fn arm(
+        timers: &mut TimerWheel<Rc<str>>,
+        svc_key: &Rc<str>,
+        expiry_due: &mut Option<u64>,
+        inst: &Instance,
+    ) {
+        if inst.ephemeral && inst.conn.is_none() {
             let due = inst.last_beat_ms + inst.timeouts.get().unhealthy_timeout_ms;
-            timers.insert(due, (svc_key.clone(), inst.key.clone()));
-            inst.timer_armed = true;
+            if expiry_due.is_none_or(|d| due < d) {
+                timers.insert(due, svc_key.clone());
+                *expiry_due = Some(due);
+            }
         }
     }
 
@@ -564,9 +605,8 @@ impl Store {
         let key = spec.addr.key();
         let timeouts = defaults.for_metadata(&spec.metadata);
         let old = s.instances.get(key.as_str());
-        let timer_armed = old.map(|i| i.timer_armed).unwrap_or(false);
         let durable = !spec.ephemeral || old.is_some_and(|i| !i.ephemeral);
-        let mut inst = Instance {
+        let inst = Instance {
             data: Arc::new(InstanceData {
                 key: Arc::from(key),
                 weight: spec.weight,
@@ -577,7 +617,6 @@ impl Store {
                 timeouts: timeouts.into(),
             }),
             last_beat_ms: now_ms,
-            timer_armed,
             version,
             conn,
         };
@@ -585,13 +624,13 @@ impl Store {
         if durable {
             journal::note_durable(&mut self.journal);
         }
-        Self::arm(&mut self.timers, &svc_key, &mut inst);
         let s = self.services.get_mut(&*svc_key).expect("exists");
+        Self::arm(&mut self.timers, &svc_key, &mut s.expiry_due, &inst);
         let old = s.instances.get(&inst.key).map(|i| i.version);
         let old = old.or_else(|| s.tombstones.get(&inst.key).map(|t| t.version));
         journal::note_instance(&mut self.journal, &svc_key, &inst.key, old);
         s.tombstones.remove(&inst.key);
-        if s.instances.insert(inst.key.clone(), inst).is_none() {
+        if s.instances.insert(inst).is_none() {
             self.instances += 1;
         }
         s.touch(now_ms);
@@ -634,7 +673,7 @@ impl Store {
             inst.timeouts = defaults.for_metadata(&m).into();
             inst.metadata = m;
         }
-        Self::arm(&mut self.timers, &svc_key, inst);
+        Self::arm(&mut self.timers, &svc_key, &mut s.expiry_due, inst);
         s.touch(now_ms);
         true
     }
@@ -853,11 +892,7 @@ impl Store {
                             journal::note_durable(&mut self.journal);
                             self.service_tombstones
                                 .insert(gone.key.clone(), (gone.id.clone(), version));
-                            let tomb = Tomb {
-                                version,
-                                persistent: true,
-                            };
-                            self.schedule_purge(gone.key.clone(), None, tomb, now_ms);
+                            self.schedule_service_purge(gone.key.clone(), version, now_ms);
                         }
                         changed(Reply::ok())
                     }
@@ -900,7 +935,7 @@ impl Store {
             if let Some(inst) = s.instances.get_mut(addr.key().as_str()) {
                 inst.last_beat_ms = now_ms;
                 let interval = inst.timeouts.get().beat_interval_ms;
-                Self::arm(&mut self.timers, &svc_key, inst);
+                Self::arm(&mut self.timers, &svc_key, &mut s.expiry_due, inst);
                 let revived = !inst.healthy;
                 if revived {
                     let old = Some(inst.version);
@@ -958,54 +993,82 @@ impl Store {
         owns: impl Fn(&str) -> bool,
     ) {
         self.purge(now_ms);
-        let mut due = Vec::new();
-        self.timers.advance(now_ms, |_, v| due.push(v));
-        for (svc_key, inst_key) in due {
-            let Some(s) = self.services.get_mut(&svc_key) else {
+        let mut fired = Vec::new();
+        self.timers
+            .advance(now_ms, |due, svc_key| fired.push((due, svc_key)));
+        let mut gone = Vec::new();
+        for (due, svc_key) in fired {
+            let Store {
+                services,
+                timers,
+                stamp,
+                journal,
+                ..
+            } = self;
+            let Some(s) = services.get_mut(&svc_key) else {
                 continue;
             };
-            let Some(inst) = s.instances.get_mut(&inst_key) else {
-                continue;
-            };
-            inst.timer_armed = false;
-            if !inst.ephemeral || inst.conn.is_some() {
-                // Persistent, or alive as long as its gRPC connection.
+            if s.expiry_due != Some(due) {
+                // An earlier deadline armed a newer timer since.
                 continue;
             }
-            if !owns(s.id.grouped()) {
-                inst.timer_armed = true;
-                let next = now_ms + inst.timeouts.get().unhealthy_timeout_ms;
-                self.timers.insert(next, (svc_key, inst_key));
+            s.expiry_due = None;
+            let owned = owns(s.id.grouped());
+            let mut next: Option<u64> = None;
+            let mut turned = false;
+            for inst in s.instances.values_mut() {
+                if !inst.ephemeral || inst.conn.is_some() {
+                    // Persistent, or alive as long as its gRPC connection.
+                    continue;
+                }
+                let t = inst.timeouts.get();
+                if !owned {
+                    // A replica's instances decide again a full unhealthy
+                    // timeout from now.
+                    let at = now_ms + t.unhealthy_timeout_ms;
+                    next = Some(next.map_or(at, |n| n.min(at)));
+                    continue;
+                }
+                let silent_ms = now_ms.saturating_sub(inst.last_beat_ms);
+                if silent_ms >= t.delete_timeout_ms {
+                    tracing::info!(service = %svc_key, instance = %inst.key, silent_ms, "instance expired, removed");
+                    gone.push(inst.key.clone());
+                    continue;
+                }
+                let at = if silent_ms >= t.unhealthy_timeout_ms {
+                    if inst.healthy {
+                        tracing::info!(service = %svc_key, instance = %inst.key, silent_ms, "instance unhealthy");
+                        inst.healthy = false;
+                        let old = Some(inst.version);
+                        inst.version = stamp.next(now_ms);
+                        journal::note_instance(journal, &svc_key, &inst.key, old);
+                        turned = true;
+                    }
+                    inst.last_beat_ms + t.delete_timeout_ms
+                } else {
+                    inst.last_beat_ms + t.unhealthy_timeout_ms
+                };
+                next = Some(next.map_or(at, |n| n.min(at)));
+            }
+            if let Some(at) = next {
+                timers.insert(at, svc_key.clone());
+                s.expiry_due = Some(at);
+            }
+            if !turned && gone.is_empty() {
                 continue;
             }
-            let silent_ms = now_ms.saturating_sub(inst.last_beat_ms);
-            let t = inst.timeouts.get();
-            if silent_ms >= t.delete_timeout_ms {
-                tracing::info!(service = %svc_key, instance = %inst_key, silent_ms, "instance expired, removed");
+            for inst_key in gone.drain(..) {
+                let Some(s) = self.services.get_mut(&svc_key) else {
+                    break;
+                };
                 let was = s.instances.remove(&inst_key).map(|i| i.version);
-                self.instances -= 1;
-                s.touch(now_ms);
+                self.instances -= usize::from(was.is_some());
                 self.bury(&svc_key, inst_key, was, false, now_ms);
-                changed.push(svc_key);
-                continue;
             }
-            let turn_unhealthy = silent_ms >= t.unhealthy_timeout_ms && inst.healthy;
-            let next_due = if silent_ms >= t.unhealthy_timeout_ms {
-                inst.last_beat_ms + t.delete_timeout_ms
-            } else {
-                inst.last_beat_ms + t.unhealthy_timeout_ms
-            };
-            inst.timer_armed = true;
-            if turn_unhealthy {
-                tracing::info!(service = %svc_key, instance = %inst_key, silent_ms, "instance unhealthy");
-                inst.healthy = false;
-                let old = Some(inst.version);
-                inst.version = self.stamp.next(now_ms);
-                journal::note_instance(&mut self.journal, &svc_key, &inst.key, old);
+            if let Some(s) = self.services.get_mut(&svc_key) {
                 s.touch(now_ms);
-                changed.push(svc_key.clone());
             }
-            self.timers.insert(next_due, (svc_key, inst_key));
+            changed.push(svc_key);
         }
     }
 }

@@ -115,7 +115,7 @@ impl Store {
     /// has missed a change and is to be sent this copy back (read repair:
     /// a node cut off longer than the tombstone TTL would otherwise keep
     /// what was deleted meanwhile and bring it back once every tombstone
-    /// is purged; simulation seed 1987).
+    /// is purged; simulation seed 30823).
     pub fn merge_from_peer(&mut self, d: Datum, now_ms: u64) -> (bool, bool) {
         self.merged_stale = false;
         let changed = self.merge_inner(d, now_ms);
@@ -166,7 +166,7 @@ impl Store {
         let Store {
             services,
             timers,
-            purges,
+            purge_timers,
             purges_long,
             instances,
             stamp,
@@ -243,23 +243,15 @@ impl Store {
                 }
                 // A persistent instance's tombstone keeps its kind: also
                 // a record deleted here by a peer that held it persistent.
-                let persistent = !r.ephemeral;
-                s.tombstones.insert(
-                    inst_key.clone(),
-                    Tomb {
-                        version: r.version,
-                        persistent,
-                    },
-                );
-                let q = super::purge_queue(purges, purges_long, persistent);
-                let at = now_ms + super::ttl_of(ttl, persistent);
-                q.push_back((at, svc_key.clone(), Some(inst_key), r.version));
+                let tomb = Tomb::new(r.version, !r.ephemeral, now_ms, ttl);
+                s.tombstones.insert(inst_key.clone(), tomb);
+                super::file_purge(purge_timers, purges_long, s, inst_key, &tomb);
                 continue;
             }
             s.tombstones.remove(&inst_key);
             s.hidden = false;
             let existing = s.instances.get(&inst_key);
-            let mut inst = Instance {
+            let inst = Instance {
                 data: Arc::new(InstanceData {
                     key: inst_key.clone(),
                     weight: r.weight,
@@ -272,7 +264,6 @@ impl Store {
                 // A copy from a peer counts as heard from now; the owner
                 // decides expiry (docs/distro.md, ownership grace).
                 last_beat_ms: existing.map(|i| i.last_beat_ms).unwrap_or(now_ms),
-                timer_armed: existing.map(|i| i.timer_armed).unwrap_or(false),
                 version: r.version,
                 // A connection held here keeps its instances bound to it.
                 conn: match (r.lease, existing.and_then(|i| i.conn.as_ref())) {
@@ -280,8 +271,8 @@ impl Store {
                     (l, _) => l.map(std::sync::Arc::new),
                 },
             };
-            Store::arm(timers, &svc_key, &mut inst);
-            if s.instances.insert(inst_key, inst).is_none() {
+            Store::arm(timers, &svc_key, &mut s.expiry_due, &inst);
+            if s.instances.insert(inst).is_none() {
                 *instances += 1;
             }
         }
@@ -339,11 +330,8 @@ impl Store {
             s.instances.remove(&inst_key);
             s.touch(now_ms);
             self.instances -= 1;
-            let tomb = Tomb {
-                version: version.retired(),
-                persistent: false,
-            };
-            self.bury_at(&svc_key, inst_key, Some(version), tomb, now_ms);
+            let tomb = Tomb::new(version.retired(), false, now_ms, self.tombstone_ttl_ms);
+            self.bury_at(&svc_key, inst_key, Some(version), tomb);
             // `retire` holds each service's instances together.
             if changed.last().map(String::as_str) != Some(&*svc_key) {
                 changed.push(svc_key.to_string());
@@ -369,11 +357,7 @@ impl Store {
             let k: Rc<str> = Rc::from(key);
             super::journal::note(&mut self.journal, &k);
             self.service_tombstones.insert(k.clone(), (id, deleted));
-            let tomb = Tomb {
-                version: deleted,
-                persistent: true,
-            };
-            self.schedule_purge(k, None, tomb, now_ms);
+            self.schedule_service_purge(k, deleted, now_ms);
         }
         removed || !newer_tomb
     }
@@ -404,7 +388,7 @@ impl Store {
                     inst.last_beat_ms = now_ms;
                     refreshed += 1;
                 }
-                Store::arm(timers, &svc_key, inst);
+                Store::arm(timers, &svc_key, &mut s.expiry_due, inst);
             }
         }
         refreshed

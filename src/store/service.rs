@@ -4,7 +4,7 @@
 use std::rc::Rc;
 use std::sync::Arc;
 
-use super::instance::{Instance, Metadata};
+use super::instance::Metadata;
 use super::view::{ServiceView, ViewSlot};
 
 /// Names a service: one string `namespace##group@@name` and the offsets
@@ -72,7 +72,13 @@ pub struct Service {
     /// The selector as given (a JSON object), `{"type":"none"}` by default.
     pub selector: serde_json::Value,
     /// Instances by `ip#port#cluster`.
-    pub instances: super::Map<Arc<str>, Instance>,
+    pub instances: super::instances::InstanceMap,
+    /// When the service's expiry timer fires (`Store::arm`); None: no
+    /// instance here is kept by beats, or none has been armed.
+    pub expiry_due: Option<u64>,
+    /// When the purge timer of its ephemeral tombstones fires
+    /// (`file_purge`); None: none armed.
+    pub purge_due: Option<u64>,
     /// Bumped on every change that a list or a push can see.
     pub revision: u64,
     /// Time of the last change, strictly increasing; the list's `lastRefTime`.
@@ -100,6 +106,25 @@ pub struct Service {
 pub struct Tomb {
     pub version: crate::distro::hlc::Version,
     pub persistent: bool,
+    /// When it is purged (`Tomb::new`).
+    pub purge_at_ms: u64,
+}
+
+impl Tomb {
+    /// A tombstone made at `now_ms`, kept for its kind's TTL (`ttl_ms`
+    /// for an ephemeral instance's).
+    pub fn new(
+        version: crate::distro::hlc::Version,
+        persistent: bool,
+        now_ms: u64,
+        ttl_ms: u64,
+    ) -> Tomb {
+        Tomb {
+            version,
+            persistent,
+            purge_at_ms: now_ms + super::ttl_of(ttl_ms, persistent),
+        }
+    }
 }
 
 impl Service {
@@ -111,7 +136,9 @@ impl Service {
             protect_threshold: 0.0,
             metadata: Metadata::new(),
             selector: serde_json::json!({"type": "none"}),
-            instances: super::Map::default(),
+            instances: Default::default(),
+            expiry_due: None,
+            purge_due: None,
             revision: 0,
             modified_ms: now_ms,
             view: None,
@@ -127,7 +154,11 @@ impl Service {
     /// (from the slot too, before any reply to the change leaves).
     pub fn touch(&mut self, now_ms: u64) {
         // Every removal touches: a map emptied by one gives its room back.
-        super::shrink_sparse(&mut self.instances);
+        if self.instances.capacity()
+            > super::ROOM_SLACK * self.instances.len().max(super::ROOM_KEEP)
+        {
+            self.instances.shrink_to(2 * self.instances.len());
+        }
         self.revision += 1;
         self.modified_ms = now_ms.max(self.modified_ms + 1);
         if self.view.take().is_some() {

@@ -166,6 +166,81 @@ fn silent_instance_turns_unhealthy_then_is_deleted() {
 }
 
 #[test]
+fn one_expiry_timer_a_service_still_expires_each_instance_on_time() {
+    let mut s = store();
+    // A long-lived instance arms the service's timer far ahead...
+    let long = [
+        (instance::META_BEAT_TIMEOUT, "60000"),
+        (instance::META_DELETE_TIMEOUT, "90000"),
+    ];
+    s.apply(
+        Op::Register {
+            svc: svc("a"),
+            spec: spec("10.0.0.1", 80, &long),
+        },
+        0,
+    );
+    // ...and many short-lived ones register after it.
+    let short = [
+        (instance::META_BEAT_TIMEOUT, "1000"),
+        (instance::META_DELETE_TIMEOUT, "2000"),
+    ];
+    for i in 0..50 {
+        s.apply(
+            Op::Register {
+                svc: svc("a"),
+                spec: spec(&format!("10.0.1.{i}"), 80, &short),
+            },
+            100,
+        );
+    }
+    assert!(
+        s.timers_armed() <= 2,
+        "one live timer and one stale: {}",
+        s.timers_armed()
+    );
+    let healthy = |s: &mut Store, t| {
+        let l = list(s, "a", false, t);
+        l["hosts"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|h| h["healthy"] == true)
+            .count()
+    };
+    let mut changed = Vec::new();
+    s.expire(1_000, &mut changed);
+    assert!(changed.is_empty());
+    assert_eq!(healthy(&mut s, 1_000), 51);
+    s.expire(1_100, &mut changed);
+    assert_eq!(changed.len(), 1, "one change for the service");
+    assert_eq!(
+        healthy(&mut s, 1_100),
+        1,
+        "the short ones are unhealthy at 1 s silent"
+    );
+    s.expire(2_000, &mut changed);
+    assert_eq!(s.counts().instances, 51);
+    s.expire(2_100, &mut changed);
+    assert_eq!(s.counts().instances, 1, "deleted at 2 s silent");
+    assert_eq!(healthy(&mut s, 2_100), 1);
+    assert!(
+        s.timers_armed() <= 2,
+        "the long one's timer (and the stale one at the same deadline)"
+    );
+    // The long one goes too, on its own deadlines (alone, it shows as
+    // healthy under the protect threshold: count the changes).
+    let before = changed.len();
+    s.expire(60_000 - 1, &mut changed);
+    assert_eq!(changed.len(), before);
+    s.expire(60_000, &mut changed);
+    assert_eq!(changed.len(), before + 1, "unhealthy at 60 s silent");
+    s.expire(90_000, &mut changed);
+    assert_eq!(s.counts().instances, 0);
+    assert_eq!(s.timers_armed(), 0);
+}
+
+#[test]
 fn beat_revives_and_unknown_light_beat_gets_20404() {
     let mut s = store();
     let r = s.apply(
@@ -743,6 +818,44 @@ fn an_old_tombstones_purge_leaves_a_newer_tombstone_alone() {
 }
 
 #[test]
+fn tombstones_of_one_service_are_each_purged_at_their_own_time() {
+    let mut a = node(1);
+    let dereg = |a: &mut Store, ip: &str, t| {
+        a.apply(
+            Op::Register {
+                svc: svc("p"),
+                spec: spec(ip, 80, &[]),
+            },
+            t,
+        );
+        a.apply(
+            Op::Deregister {
+                persistent: false,
+                svc: svc("p"),
+                addr: addr(ip, 80),
+            },
+            t,
+        );
+    };
+    let ttl = TOMBSTONE_VERIFY_ROUNDS_MS + Timeouts::default().delete_timeout_ms;
+    // Later tombstones first, then an earlier-due one: it arms a new timer.
+    dereg(&mut a, "10.0.0.1", 5_000);
+    dereg(&mut a, "10.0.0.2", 9_000);
+    let mut changed = Vec::new();
+    a.expire(4_000 + ttl, &mut changed);
+    assert_eq!(a.tombstones(), 2);
+    a.expire(5_000 + ttl - 1, &mut changed);
+    assert_eq!(a.tombstones(), 2);
+    a.expire(5_000 + ttl, &mut changed);
+    assert_eq!(a.tombstones(), 1, "the first at its time, the second kept");
+    a.expire(9_000 + ttl - 1, &mut changed);
+    assert_eq!(a.tombstones(), 1);
+    a.expire(9_000 + ttl, &mut changed);
+    assert_eq!(a.tombstones(), 0);
+    assert_eq!(a.purge_timers.len(), 0);
+}
+
+#[test]
 fn versions_too_far_in_the_future_are_refused_and_arrive_later() {
     let (mut a, mut b) = (node(1), node(2));
     let skew = crate::distro::hlc::DRIFT_MAX_MS + 1_000;
@@ -1071,11 +1184,7 @@ fn room_goes_when_instances_and_tombstones_do() {
         "tombstones: {}",
         svc_now.tombstones.capacity()
     );
-    assert!(
-        s.purges.capacity() <= ROOM_SLACK * ROOM_KEEP,
-        "purge queue: {}",
-        s.purges.capacity()
-    );
+    assert_eq!(s.purge_timers.len(), 0, "purge timers");
 }
 
 fn reg(s: &mut Store, name: &str, spec: InstanceSpec, now: u64) {
@@ -1143,7 +1252,8 @@ fn the_journal_saves_each_record_once_in_its_latest_state() {
     );
     save(&mut s, &mut rows, 1_002);
     assert_eq!(rows.instances.len(), 3);
-    let later = 1_002 + TOMBSTONE_VERIFY_ROUNDS_MS + Timeouts::default().delete_timeout_ms;
+    // Purged within one expiry tick (100 ms here) after its TTL.
+    let later = 1_002 + TOMBSTONE_VERIFY_ROUNDS_MS + Timeouts::default().delete_timeout_ms + 100;
     s.expire(later, &mut Vec::new());
     save(&mut s, &mut rows, later);
     assert!(
@@ -1687,7 +1797,12 @@ fn an_instance_reads_its_address_from_its_key() {
             1_000,
         );
         let key = format!("{ip}#{port}#{cluster}");
-        let i = &s.service(svc("a").full_key()).unwrap().instances[key.as_str()];
+        let i = s
+            .service(svc("a").full_key())
+            .unwrap()
+            .instances
+            .get(key.as_str())
+            .unwrap();
         assert_eq!((i.ip(), i.port(), i.cluster()), (ip, port, cluster));
     }
     let l = list(&mut s, "a", false, 1_001);
