@@ -26,7 +26,7 @@ args=(--bind "127.0.0.1:$PORT" --data-dir none)
 out=$(mktemp -d)
 "$BIN" "${args[@]}" >"$out/node.log" 2>&1 &
 pid=$!
-trap 'kill $pid 2>/dev/null || true; rm -rf "$out"' EXIT
+trap 'kill $pid 2>/dev/null || true; wait $pid 2>/dev/null || true; rm -rf "$out"' EXIT
 for _ in $(seq 100); do
   curl -sf "http://127.0.0.1:$PORT/nacos/v1/ns/operator/metrics" >/dev/null && break
   sleep 0.1
