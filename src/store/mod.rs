@@ -209,9 +209,20 @@ const ROOM_SLACK: usize = 4;
 /// Maps this small are never shrunk.
 const ROOM_KEEP: usize = 8;
 
+/// Whether a map or queue of `capacity` holding `len` is mostly empty
+/// room, to be shrunk to `2 * len` (see `ROOM_SLACK`).
+pub(crate) fn mostly_room(capacity: usize, len: usize) -> bool {
+    capacity > ROOM_SLACK * len.max(ROOM_KEEP)
+}
+
+/// Keeps in `next` the earliest of the deadlines it is given.
+fn earliest(next: &mut Option<u64>, at: u64) {
+    *next = Some(next.map_or(at, |n| n.min(at)));
+}
+
 /// Shrinks `map` when it is mostly empty room (see `ROOM_SLACK`).
 pub(crate) fn shrink_sparse<K: Eq + std::hash::Hash, V>(map: &mut Map<K, V>) {
-    if map.capacity() > ROOM_SLACK * map.len().max(ROOM_KEEP) {
+    if mostly_room(map.capacity(), map.len()) {
         map.shrink_to(2 * map.len());
     }
 }
@@ -451,7 +462,7 @@ impl Store {
             self.purge_one(svc_key, inst_key, version);
         }
         let q = &mut self.purges_long;
-        if purged > 0 && q.capacity() > ROOM_SLACK * q.len().max(ROOM_KEEP) {
+        if purged > 0 && mostly_room(q.capacity(), q.len()) {
             q.shrink_to(2 * q.len());
         }
         let mut fired = Vec::new();
@@ -476,7 +487,7 @@ impl Store {
                     journal::note_instance(journal, &svc_key, k, Some(t.version));
                     return false;
                 }
-                next = Some(next.map_or(t.purge_at_ms, |n| n.min(t.purge_at_ms)));
+                earliest(&mut next, t.purge_at_ms);
                 true
             });
             if s.tombstones.len() < before {
@@ -1026,7 +1037,7 @@ impl Store {
                     // A replica's instances decide again a full unhealthy
                     // timeout from now.
                     let at = now_ms + t.unhealthy_timeout_ms;
-                    next = Some(next.map_or(at, |n| n.min(at)));
+                    earliest(&mut next, at);
                     continue;
                 }
                 let silent_ms = now_ms.saturating_sub(inst.last_beat_ms);
@@ -1048,7 +1059,7 @@ impl Store {
                 } else {
                     inst.last_beat_ms + t.unhealthy_timeout_ms
                 };
-                next = Some(next.map_or(at, |n| n.min(at)));
+                earliest(&mut next, at);
             }
             if let Some(at) = next {
                 timers.insert(at, svc_key.clone());

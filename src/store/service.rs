@@ -154,9 +154,7 @@ impl Service {
     /// (from the slot too, before any reply to the change leaves).
     pub fn touch(&mut self, now_ms: u64) {
         // Every removal touches: a map emptied by one gives its room back.
-        if self.instances.capacity()
-            > super::ROOM_SLACK * self.instances.len().max(super::ROOM_KEEP)
-        {
+        if super::mostly_room(self.instances.capacity(), self.instances.len()) {
             self.instances.shrink_to(2 * self.instances.len());
         }
         self.revision += 1;
