@@ -999,7 +999,8 @@ fn writes_made_before_members_are_up_reach_them_within_a_report_interval() {
 /// the others were down), which then crashes and stays down longer than
 /// the ephemeral tombstone horizon, is back after its restart and
 /// reaches the others; one deleted while it was down stays deleted
-/// (simulation seed 1268; persistent tombstones are kept 24 h).
+/// (simulation seed 1268; persistent tombstones are kept 24 h), also one
+/// deleted by a request that did not say it was persistent (seed 29747).
 #[test]
 fn a_persistent_write_only_the_crashed_node_had_survives_its_late_restart() {
     let (mut c, data) = Cluster::with_data_dirs("late");
@@ -1012,14 +1013,15 @@ fn a_persistent_write_only_the_crashed_node_had_survives_its_late_restart() {
         assert!(eventually(Duration::from_secs(5), || ips(c.node(i), svc) == both));
     }
     // Replicas are saved behind, within a tick: let nodes 1 and 2 save
-    // theirs (a node that restarts without .2 holds its delete as the
-    // tombstone of an unknown instance, kept the ephemeral TTL).
+    // theirs (the test is of a restart that finds them on the peers).
     std::thread::sleep(Duration::from_millis(500));
     // Node 0 alone: its write reaches no one.
     c.kill9(1);
     c.kill9(2);
-    let r = register(c.node(0), svc, "10.13.0.3", "&ephemeral=false");
-    assert_eq!(r.status, 200, "{}", r.body);
+    for ip in ["10.13.0.3", "10.13.0.4"] {
+        let r = register(c.node(0), svc, ip, "&ephemeral=false");
+        assert_eq!(r.status, 200, "{}", r.body);
+    }
     c.kill9(0);
     c.start(1);
     c.start(2);
@@ -1029,6 +1031,15 @@ fn a_persistent_write_only_the_crashed_node_had_survives_its_late_restart() {
     let del = c.node(1).req(
         "DELETE",
         &format!("/nacos/v1/ns/instance?serviceName={svc}&ip=10.13.0.2&port=8080&ephemeral=false"),
+        "",
+    );
+    assert_eq!(del.status, 200, "{}", del.body);
+    // And .4, which only node 0 holds, by a client that does not say
+    // `ephemeral=false` (simulation seed 29747): the owner here has never
+    // heard of it, and keeps the delete as long as a persistent one.
+    let del = c.node(1).req(
+        "DELETE",
+        &format!("/nacos/v1/ns/instance?serviceName={svc}&ip=10.13.0.4&port=8080"),
         "",
     );
     assert_eq!(del.status, 200, "{}", del.body);

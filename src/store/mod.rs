@@ -801,11 +801,18 @@ impl Store {
                 // all the same, so that an older copy arriving later does
                 // not bring the instance back (found by the simulation).
                 let svc_key = s.key.clone();
+                let key = addr.key();
+                // Of the long kind unless the request says ephemeral and
+                // this node deleted an ephemeral copy itself: of an
+                // instance it never held it cannot know the kind, and a
+                // persistent copy may sit on the disk of a node that is
+                // down (acknowledged there, a crash before it replicated).
+                // A short tombstone would be purged before that node is
+                // back with it (simulation seed 29747).
+                let long =
+                    persistent || s.tombstones.get(key.as_str()).is_none_or(|t| t.persistent);
                 s.touch(now_ms);
-                // Its kind as the request says (ephemeral by default: the
-                // short TTL, as an older copy arrives within the
-                // replication delay).
-                self.bury(&svc_key, Arc::from(addr.key()), None, persistent, now_ms);
+                self.bury(&svc_key, Arc::from(key), None, long, now_ms);
                 changed(Reply::ok())
             }
             Op::Beat { svc, addr, beat } => self.beat(svc, addr, beat, now_ms),
