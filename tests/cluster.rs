@@ -1027,22 +1027,18 @@ fn a_persistent_write_only_the_crashed_node_had_survives_its_late_restart() {
     c.start(2);
     c.wait_ready(1);
     c.wait_ready(2);
-    // While node 0 is down: .2 is deleted.
-    let del = c.node(1).req(
-        "DELETE",
-        &format!("/nacos/v1/ns/instance?serviceName={svc}&ip=10.13.0.2&port=8080&ephemeral=false"),
-        "",
-    );
-    assert_eq!(del.status, 200, "{}", del.body);
-    // And .4, which only node 0 holds, by a client that does not say
-    // `ephemeral=false` (simulation seed 29747): the owner here has never
-    // heard of it, and keeps the delete as long as a persistent one.
-    let del = c.node(1).req(
-        "DELETE",
-        &format!("/nacos/v1/ns/instance?serviceName={svc}&ip=10.13.0.4&port=8080"),
-        "",
-    );
-    assert_eq!(del.status, 200, "{}", del.body);
+    // While node 0 is down: .2 is deleted; and .4, which only node 0
+    // holds, by a client that does not say `ephemeral=false` (simulation
+    // seed 29747): the owner here has never heard of it, and keeps the
+    // delete as long as a persistent one.
+    for (ip, extra) in [("10.13.0.2", "&ephemeral=false"), ("10.13.0.4", "")] {
+        let del = c.node(1).req(
+            "DELETE",
+            &format!("/nacos/v1/ns/instance?serviceName={svc}&ip={ip}&port=8080{extra}"),
+            "",
+        );
+        assert_eq!(del.status, 200, "{}", del.body);
+    }
     // Past the ephemeral tombstone TTL (6 s delete timeout + 10 s): an
     // ephemeral tombstone of .2 would be gone by now.
     std::thread::sleep(Duration::from_secs(17));
