@@ -252,19 +252,21 @@ async fn report_loop(ctx: &Rc<ShardCtx>) {
     let cl = ctx.cluster.as_ref().expect("clustered");
     let interval = Duration::from_millis(ctx.shared.config.report_interval_ms);
     let (ip, port) = shared.me.rsplit_once(':').unwrap_or((&shared.me, "0"));
-    let body = serde_json::to_vec(&serde_json::json!({
-        "ip": ip,
-        "port": port.parse::<u16>().unwrap_or(0),
-        "address": shared.me,
-        "state": "UP",
-        "extendInfo": {},
-    }))
-    .expect("member JSON");
+    let report_interval_ms = ctx.shared.config.report_interval_ms;
     loop {
         if stopping(ctx) {
             return;
         }
         if let Some(target) = shared.with_members(|m| m.next_report_target()) {
+            let body = serde_json::to_vec(&serde_json::json!({
+                "ip": ip,
+                "port": port.parse::<u16>().unwrap_or(0),
+                "address": shared.me,
+                "state": "UP",
+                "extendInfo": {},
+                "memberListDigest": shared.list_digest(),
+            }))
+            .expect("member JSON");
             let req = PeerRequest::json("POST", "/nacos/v1/core/cluster/report", &body);
             let result = cl.client.send(&target, &req).await;
             let outcome = match &result {
@@ -274,6 +276,12 @@ async fn report_loop(ctx: &Rc<ShardCtx>) {
                 Err(PeerError::Refused) => ReportOutcome::Refused,
                 _ => ReportOutcome::Failed,
             };
+            if let Ok(r) = &result {
+                if r.status == 400 && r.body.windows(18).any(|w| w == b"not another member") {
+                    let why = "our report refused: we are no member there";
+                    shared.lists_disagree(&target, why, now_ms(), report_interval_ms);
+                }
+            }
             let (changed, healthy) = apply_outcome(shared, &target, outcome, "member report");
             if changed {
                 tracing::info!(member = %target, ?outcome, ?healthy, "membership changed");

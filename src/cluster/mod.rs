@@ -59,6 +59,11 @@ pub struct ClusterShared {
     /// Shards whose part of the startup snapshot is settled (loaded, or
     /// given up on); the node is ready when all are.
     parts_settled: AtomicUsize,
+    /// The latest sign, while it holds expiry back, that another node works
+    /// from another member list (`lists_disagree`); 0 before any.
+    pub disagreed_ms: AtomicU64,
+    /// The end of the current disagreement's hold was logged.
+    hold_over_logged: AtomicBool,
 }
 
 impl ClusterShared {
@@ -87,6 +92,8 @@ impl ClusterShared {
             members: Mutex::new(members),
             ready: AtomicBool::new(false),
             parts_settled: AtomicUsize::new(0),
+            disagreed_ms: AtomicU64::new(0),
+            hold_over_logged: AtomicBool::new(false),
         }
     }
 
@@ -183,6 +190,36 @@ impl ClusterShared {
 
     pub fn epoch(&self) -> u64 {
         self.epoch.load(Ordering::Acquire)
+    }
+
+    /// A sign that `from` works from another member list than this node
+    /// (`why`: see `distro::members::Disagreement`). While the
+    /// disagreement holds expiry back, each shard gives the instances of
+    /// the services it owns a fresh timeout (`ShardCtx::cluster_tick`).
+    pub fn lists_disagree(&self, from: &str, why: &str, now_ms: u64, report_interval_ms: u64) {
+        let (started, holding) = self.with_members(|m| {
+            let gap = m.disagreement_gap_ms(report_interval_ms);
+            m.disagreement.seen(now_ms, gap)
+        });
+        if started {
+            self.hold_over_logged.store(false, Ordering::Relaxed);
+            tracing::info!(%from, why, "member lists disagree: owned instances get fresh timeouts while they do");
+        }
+        if holding {
+            self.disagreed_ms.fetch_max(now_ms, Ordering::Release);
+        } else if !self.hold_over_logged.swap(true, Ordering::Relaxed) {
+            tracing::warn!(
+                %from,
+                why,
+                hold_ms = crate::distro::members::DISAGREEMENT_HOLD_MAX_MS,
+                "member lists still disagree: instances expire again; give every node the same member list"
+            );
+        }
+    }
+
+    /// This node's member-list digest, for its reports.
+    pub fn list_digest(&self) -> String {
+        self.with_members(|m| m.list_digest())
     }
 
     /// Runs `f` on the membership; publishes the epoch if it changed.

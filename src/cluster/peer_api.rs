@@ -41,6 +41,10 @@ struct ReportBody {
     ip: Option<String>,
     port: Option<u16>,
     address: Option<String>,
+    /// The reporter's member-list digest (distro-registry nodes send it;
+    /// Nacos does not).
+    #[serde(rename = "memberListDigest", default)]
+    digest: Option<String>,
 }
 
 fn forbidden() -> Reply {
@@ -60,7 +64,7 @@ pub async fn handle(ctx: &Rc<ShardCtx>, endpoint: Endpoint, req: &Request<'_>) -
         return forbidden();
     }
     match endpoint {
-        Endpoint::ClusterReport => report(shared, &req.body),
+        Endpoint::ClusterReport => report(shared, &req.body, ctx.shared.config.report_interval_ms),
         Endpoint::DistroDatumPut => match serde_json::from_slice::<Vec<Datum>>(&req.body) {
             Ok(datums) => {
                 // The sender, to be sent back what it had older (read
@@ -194,7 +198,7 @@ pub async fn handle(ctx: &Rc<ShardCtx>, endpoint: Endpoint, req: &Request<'_>) -
     }
 }
 
-fn report(shared: &ClusterShared, body: &[u8]) -> Reply {
+fn report(shared: &ClusterShared, body: &[u8], report_interval_ms: u64) -> Reply {
     let parsed: ReportBody = match serde_json::from_slice(body) {
         Ok(b) => b,
         Err(e) => return Reply::bad_request(format!("not a member JSON: {e}")),
@@ -208,8 +212,25 @@ fn report(shared: &ClusterShared, body: &[u8]) -> Reply {
         Ok(a) => a.to_string(),
         Err(_) => return Reply::bad_request(format!("{address} is not ip:port")),
     };
-    if !shared.is_member(&address) || address == shared.me {
+    if address == shared.me {
         return Reply::bad_request(format!("{address} is not another member"));
+    }
+    if !shared.is_member(&address) {
+        shared.lists_disagree(
+            &address,
+            "a report from a node that is no member here",
+            now_ms(),
+            report_interval_ms,
+        );
+        return Reply::bad_request(format!("{address} is not another member"));
+    }
+    if parsed.digest.is_some_and(|d| d != shared.list_digest()) {
+        shared.lists_disagree(
+            &address,
+            "a report with another member list",
+            now_ms(),
+            report_interval_ms,
+        );
     }
     if shared.with_members(|m| m.report_received(&address)) {
         tracing::info!(from = %address, "member UP (report received)");

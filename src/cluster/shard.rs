@@ -76,6 +76,9 @@ pub struct ShardCluster {
     holders: HolderWatch,
     /// When this shard last looked for holders that are not members.
     strangers_scanned_ms: u64,
+    /// The sign of a member-list disagreement (`ClusterShared::disagreed_ms`)
+    /// this shard last gave its owned instances a fresh timeout for.
+    disagreement_granted_ms: u64,
 }
 
 /// What a clustered shard holds besides its store.
@@ -102,6 +105,7 @@ impl ClusterCtx {
                 peer_failures: HashMap::new(),
                 holders: HolderWatch::default(),
                 strangers_scanned_ms: 0,
+                disagreement_granted_ms: 0,
             }),
             client: PeerClient::new(shared.token()),
             verifying: RefCell::new(HashSet::new()),
@@ -392,6 +396,35 @@ impl ShardCtx {
         }
     }
 
+    /// While another node works from another member list, a service may
+    /// have two owners and the beats reach only one: each new sign of the
+    /// disagreement gives the instances of the services this shard owns a
+    /// fresh timeout (docs/distro.md, membership changes).
+    fn grant_while_lists_disagree(&self, now_ms: u64) {
+        let (Some(shared), Some(cl)) = (&self.shared.cluster, &self.cluster) else {
+            return;
+        };
+        let seen = shared.disagreed_ms.load(Ordering::Acquire);
+        let view = {
+            let mut st = cl.state.borrow_mut();
+            if seen <= st.disagreement_granted_ms {
+                return;
+            }
+            st.disagreement_granted_ms = seen;
+            st.view.clone()
+        };
+        let refreshed = self
+            .state
+            .borrow_mut()
+            .store
+            .grant_ownership_grace(now_ms, |g| view.owns(g));
+        tracing::debug!(
+            shard = self.id,
+            refreshed,
+            "member lists disagree: owned instances get a fresh timeout"
+        );
+    }
+
     /// The cluster's part of the housekeeping tick: view, due replication,
     /// relayed beats.
     pub fn cluster_tick(self: &Rc<Self>, now_ms: u64) {
@@ -399,6 +432,7 @@ impl ShardCtx {
             return;
         };
         self.refresh_view(now_ms);
+        self.grant_while_lists_disagree(now_ms);
         self.apply_lease_policy(now_ms);
         let batches = cl.state.borrow_mut().tasks.due(now_ms);
         for (peer, services) in batches {

@@ -8,6 +8,57 @@ use super::hash::owner_index;
 /// Failed reports in a row that turn SUSPICIOUS into DOWN.
 pub const FAILS_BEFORE_DOWN: u32 = 3;
 
+/// Longest a disagreement about the member list holds expiry back (see
+/// `Disagreement`): a node left on another list for longer (a forgotten
+/// file) no longer keeps dead instances alive; the clients of what it
+/// misroutes re-register when their beat is answered 20404.
+pub const DISAGREEMENT_HOLD_MAX_MS: u64 = 120_000;
+
+/// Signs of disagreement further apart than this many report rounds (one
+/// report interval per other member) start a new disagreement.
+pub const DISAGREEMENT_GAP_ROUNDS: u64 = 3;
+
+/// Whether some node works from another member list than this one (a
+/// report carrying another list digest, a report from a node that is no
+/// member here, a report of ours refused as "not another member"). While
+/// the lists differ, a service may have two owners: the beats of its
+/// instances reach the one the relaying node names, and the other one,
+/// hearing nothing, would expire them and replicate the deletes. So while
+/// a disagreement lasts (at most `DISAGREEMENT_HOLD_MAX_MS`), every sign
+/// of it gives the owned instances a fresh timeout, as an ownership change
+/// does. Pure: time is a parameter.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Disagreement {
+    /// When the current disagreement was first seen.
+    since_ms: Option<u64>,
+    /// The latest sign of it.
+    last_ms: u64,
+}
+
+impl Disagreement {
+    /// A sign of disagreement at `now_ms`. One more than `gap_ms` after the
+    /// previous starts a new disagreement. Returns (whether this sign
+    /// started one, whether expiry is still held back).
+    pub fn seen(&mut self, now_ms: u64, gap_ms: u64) -> (bool, bool) {
+        let started = match self.since_ms {
+            Some(_) if now_ms.saturating_sub(self.last_ms) <= gap_ms => false,
+            _ => {
+                self.since_ms = Some(now_ms);
+                true
+            }
+        };
+        self.last_ms = now_ms;
+        (started, self.holding(now_ms))
+    }
+
+    /// Whether a sign at `now_ms` holds expiry back: the disagreement has
+    /// not yet lasted `DISAGREEMENT_HOLD_MAX_MS`.
+    pub fn holding(&self, now_ms: u64) -> bool {
+        self.since_ms
+            .is_some_and(|s| now_ms.saturating_sub(s) <= DISAGREEMENT_HOLD_MAX_MS)
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum State {
     Up,
@@ -65,6 +116,8 @@ pub struct Membership {
     list_version: u64,
     /// Wall-clock ms of the last member-list change; 0 before the first.
     list_changed_ms: u64,
+    /// Whether another node works from another list (see `Disagreement`).
+    pub disagreement: Disagreement,
 }
 
 /// What a new member list changed.
@@ -111,6 +164,7 @@ impl Membership {
             epoch: 1,
             list_version: 1,
             list_changed_ms: 0,
+            disagreement: Disagreement::default(),
         }
     }
 
@@ -184,6 +238,23 @@ impl Membership {
 
     pub fn is_member(&self, address: &str) -> bool {
         self.members.iter().any(|m| m.address == address)
+    }
+
+    /// A digest of the member list (the addresses, sorted), sent with every
+    /// report so that the receiver sees when the lists differ.
+    pub fn list_digest(&self) -> String {
+        let joined: String = self
+            .members
+            .iter()
+            .map(|m| format!("{}\n", m.address))
+            .collect();
+        format!("{:08x}", super::hash::distro_hash(&joined))
+    }
+
+    /// How far apart signs of one disagreement may be: some report rounds.
+    pub fn disagreement_gap_ms(&self, report_interval_ms: u64) -> u64 {
+        let others = self.members.len().saturating_sub(1).max(1) as u64;
+        DISAGREEMENT_GAP_ROUNDS * others * report_interval_ms
     }
 
     pub fn me(&self) -> &str {
@@ -468,5 +539,47 @@ mod tests {
         m.report_failed("127.0.0.1:8850", true);
         let owner = m.owner("DEFAULT_GROUP@@svc");
         assert_ne!(owner, "127.0.0.1:8850", "a DOWN member owns nothing");
+    }
+
+    #[test]
+    fn a_disagreement_holds_expiry_back_from_its_first_sign_for_at_most_the_hold() {
+        let mut d = Disagreement::default();
+        assert!(!d.holding(0), "nothing seen, nothing held");
+        assert_eq!(d.seen(1_000, 500), (true, true));
+        assert_eq!(d.seen(1_400, 500), (false, true), "the same disagreement");
+        // Signs that keep coming hold it back until the hold is used up.
+        let mut t = 1_400;
+        while t + 400 <= 1_000 + DISAGREEMENT_HOLD_MAX_MS {
+            t += 400;
+            assert_eq!(d.seen(t, 500), (false, true));
+        }
+        assert_eq!(
+            d.seen(1_001 + DISAGREEMENT_HOLD_MAX_MS, 500),
+            (false, false)
+        );
+        // A quiet spell longer than the gap ends it; the next sign starts
+        // a new one, held again.
+        let later = 1_001 + DISAGREEMENT_HOLD_MAX_MS + 501;
+        assert_eq!(d.seen(later, 500), (true, true));
+    }
+
+    #[test]
+    fn the_list_digest_names_the_members_whatever_their_order_or_state() {
+        let mut m = three();
+        let same = Membership::new(
+            "127.0.0.1:8849",
+            &["127.0.0.1:8850".to_string(), "127.0.0.1:8848".to_string()],
+        );
+        assert_eq!(m.list_digest(), same.list_digest());
+        m.report_outcome("127.0.0.1:8850", ReportOutcome::Refused);
+        assert_eq!(m.list_digest(), same.list_digest(), "states do not count");
+        let before = m.list_digest();
+        m.set_list(
+            &["127.0.0.1:8848".to_string(), "127.0.0.1:8849".to_string()],
+            5,
+        )
+        .unwrap();
+        assert_ne!(m.list_digest(), before);
+        assert_eq!(m.disagreement_gap_ms(300), DISAGREEMENT_GAP_ROUNDS * 300);
     }
 }
