@@ -170,8 +170,7 @@ impl Node {
             return;
         }
         let now = self.clock(t);
-        let gap = self.members.disagreement_gap_ms(REPORT_MS);
-        if self.members.disagreement.seen(now, gap).1 {
+        if self.members.lists_disagree(now, REPORT_MS).1 {
             self.disagreed = self.disagreed.max(now);
         }
     }

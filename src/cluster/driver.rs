@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use super::client::{PeerError, PeerRequest};
 use super::peer_api::{merge_everywhere, Checksums};
 use crate::distro::hlc;
-use crate::distro::members::ReportOutcome;
+use crate::distro::members::{ReportOutcome, NOT_ANOTHER_MEMBER};
 use crate::distro::startup::{self, Answer, Decision, STARTUP_ALONE_MS};
 use crate::shard::router::shard_of;
 use crate::shard::{now_ms, ShardCtx};
@@ -250,9 +250,9 @@ fn apply_outcome(
 async fn report_loop(ctx: &Rc<ShardCtx>) {
     let shared = ctx.shared.cluster.as_ref().expect("clustered");
     let cl = ctx.cluster.as_ref().expect("clustered");
-    let interval = Duration::from_millis(ctx.shared.config.report_interval_ms);
-    let (ip, port) = shared.me.rsplit_once(':').unwrap_or((&shared.me, "0"));
     let report_interval_ms = ctx.shared.config.report_interval_ms;
+    let interval = Duration::from_millis(report_interval_ms);
+    let (ip, port) = shared.me.rsplit_once(':').unwrap_or((&shared.me, "0"));
     loop {
         if stopping(ctx) {
             return;
@@ -277,7 +277,8 @@ async fn report_loop(ctx: &Rc<ShardCtx>) {
                 _ => ReportOutcome::Failed,
             };
             if let Ok(r) = &result {
-                if r.status == 400 && r.body.windows(18).any(|w| w == b"not another member") {
+                let refused = NOT_ANOTHER_MEMBER.as_bytes();
+                if r.status == 400 && r.body.windows(refused.len()).any(|w| w == refused) {
                     let why = "our report refused: we are no member there";
                     shared.lists_disagree(&target, why, now_ms(), report_interval_ms);
                 }

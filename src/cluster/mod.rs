@@ -197,10 +197,8 @@ impl ClusterShared {
     /// disagreement holds expiry back, each shard gives the instances of
     /// the services it owns a fresh timeout (`ShardCtx::cluster_tick`).
     pub fn lists_disagree(&self, from: &str, why: &str, now_ms: u64, report_interval_ms: u64) {
-        let (started, holding) = self.with_members(|m| {
-            let gap = m.disagreement_gap_ms(report_interval_ms);
-            m.disagreement.seen(now_ms, gap)
-        });
+        let (started, holding) =
+            self.with_members(|m| m.lists_disagree(now_ms, report_interval_ms));
         if started {
             self.hold_over_logged.store(false, Ordering::Relaxed);
             tracing::info!(%from, why, "member lists disagree: owned instances get fresh timeouts while they do");

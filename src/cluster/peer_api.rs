@@ -11,7 +11,7 @@ use super::client::PeerRequest;
 use super::shard::RelayedBeat;
 use super::ClusterShared;
 use crate::api::{validate, Endpoint};
-use crate::distro::members::Member;
+use crate::distro::members::{Member, NOT_ANOTHER_MEMBER};
 use crate::http::params::Params;
 use crate::http::request::{Method, Request};
 use crate::reply::Reply;
@@ -213,7 +213,7 @@ fn report(shared: &ClusterShared, body: &[u8], report_interval_ms: u64) -> Reply
         Err(_) => return Reply::bad_request(format!("{address} is not ip:port")),
     };
     if address == shared.me {
-        return Reply::bad_request(format!("{address} is not another member"));
+        return Reply::bad_request(format!("{address} {NOT_ANOTHER_MEMBER}"));
     }
     if !shared.is_member(&address) {
         shared.lists_disagree(
@@ -222,7 +222,7 @@ fn report(shared: &ClusterShared, body: &[u8], report_interval_ms: u64) -> Reply
             now_ms(),
             report_interval_ms,
         );
-        return Reply::bad_request(format!("{address} is not another member"));
+        return Reply::bad_request(format!("{address} {NOT_ANOTHER_MEMBER}"));
     }
     if parsed.digest.is_some_and(|d| d != shared.list_digest()) {
         shared.lists_disagree(

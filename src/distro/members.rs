@@ -18,6 +18,10 @@ pub const DISAGREEMENT_HOLD_MAX_MS: u64 = 120_000;
 /// report interval per other member) start a new disagreement.
 pub const DISAGREEMENT_GAP_ROUNDS: u64 = 3;
 
+/// What a node answers (400) to a report from a node not in its list; the
+/// reporter reads it as a sign that the lists differ.
+pub const NOT_ANOTHER_MEMBER: &str = "is not another member";
+
 /// Whether some node works from another member list than this one (a
 /// report carrying another list digest, a report from a node that is no
 /// member here, a report of ours refused as "not another member"). While
@@ -117,7 +121,7 @@ pub struct Membership {
     /// Wall-clock ms of the last member-list change; 0 before the first.
     list_changed_ms: u64,
     /// Whether another node works from another list (see `Disagreement`).
-    pub disagreement: Disagreement,
+    disagreement: Disagreement,
 }
 
 /// What a new member list changed.
@@ -252,9 +256,17 @@ impl Membership {
     }
 
     /// How far apart signs of one disagreement may be: some report rounds.
-    pub fn disagreement_gap_ms(&self, report_interval_ms: u64) -> u64 {
+    fn disagreement_gap_ms(&self, report_interval_ms: u64) -> u64 {
         let others = self.members.len().saturating_sub(1).max(1) as u64;
         DISAGREEMENT_GAP_ROUNDS * others * report_interval_ms
+    }
+
+    /// A sign at `now_ms` that another node works from another list (see
+    /// `Disagreement::seen`): (whether it started a disagreement, whether
+    /// expiry is still held back).
+    pub fn lists_disagree(&mut self, now_ms: u64, report_interval_ms: u64) -> (bool, bool) {
+        let gap = self.disagreement_gap_ms(report_interval_ms);
+        self.disagreement.seen(now_ms, gap)
     }
 
     pub fn me(&self) -> &str {
